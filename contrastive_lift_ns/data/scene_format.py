@@ -1,0 +1,251 @@
+"""The project's scene format: nerfstudio's ``transforms.json`` plus per-frame label maps.
+
+Every part of the project reads and writes scenes through this module, so the keys, the accepted
+file types and the error messages are defined once. See the README's "Scene format" section.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+SEGMENTS_KEY = "segments_path"
+SEMANTICS_KEY = "semantics_path"
+CONFIDENCE_KEY = "confidence_path"
+GT_INSTANCE_KEY = "gt_instance_path"
+GT_SEMANTICS_KEY = "gt_semantics_path"
+DEFAULT_SEMANTIC_CLASSES = ("background", "object")
+
+# PIL modes of single-channel integer images (8-bit, 16-bit little/big endian, 32-bit).
+_INTEGER_PNG_MODES = ("L", "I;16", "I;16B", "I;16L", "I", "1")
+
+
+class SceneFormatError(ValueError):
+    """A scene file that breaks the format; the message names the frame and the file."""
+
+
+def _where(path: Path, frame: Optional[str]) -> str:
+    return f"frame '{frame}': {path}" if frame is not None else str(path)
+
+
+def _open_png(path: Path, frame: Optional[str]) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+    except FileNotFoundError:
+        raise SceneFormatError(f"{_where(path, frame)}: file not found") from None
+    except Exception as err:  # PIL raises many types for corrupt files
+        raise SceneFormatError(f"{_where(path, frame)}: unreadable image ({err})") from None
+    return image
+
+
+def _load_npy(path: Path, frame: Optional[str], mmap: bool = False) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise SceneFormatError(f"{_where(path, frame)}: file not found") from None
+    except Exception as err:
+        raise SceneFormatError(f"{_where(path, frame)}: unreadable .npy file ({err})") from None
+
+
+def _squeeze_channel(array: np.ndarray, path: Path, frame: Optional[str], what: str) -> np.ndarray:
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim != 2:
+        raise SceneFormatError(
+            f"{_where(path, frame)}: {what} must be a single-channel H×W map, got shape {tuple(array.shape)}"
+        )
+    return array
+
+
+def read_label_map(path: Path, frame: Optional[str] = None, what: str = "label map") -> np.ndarray:
+    """Reads an integer label map (single-channel 8/16-bit PNG or integer ``.npy``) as int64 H×W."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        array = _load_npy(path, frame)
+        if array.dtype.kind not in "iub":
+            raise SceneFormatError(
+                f"{_where(path, frame)}: {what} must hold integer ids, got dtype {array.dtype} "
+                "(write ids as an integer .npy or a single-channel 8/16-bit PNG)"
+            )
+        return _squeeze_channel(np.asarray(array), path, frame, what).astype(np.int64)
+    image = _open_png(path, frame)
+    if image.mode not in _INTEGER_PNG_MODES:
+        raise SceneFormatError(
+            f"{_where(path, frame)}: {what} must be a single-channel 8/16-bit integer image, got PIL mode "
+            f"'{image.mode}'" + (" (an RGB or palette image is not an id map)" if image.mode in ("RGB", "RGBA", "P") else "")
+        )
+    return _squeeze_channel(np.asarray(image), path, frame, what).astype(np.int64)
+
+
+def label_map_size(path: Path, frame: Optional[str] = None, what: str = "label map") -> Tuple[int, int]:
+    """Checks a label map's type from its header only and returns its (height, width)."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        array = _load_npy(path, frame, mmap=True)
+        if array.dtype.kind not in "iub":
+            raise SceneFormatError(f"{_where(path, frame)}: {what} must hold integer ids, got dtype {array.dtype}")
+        return tuple(_squeeze_channel(array, path, frame, what).shape)  # type: ignore[return-value]
+    try:
+        with Image.open(path) as image:
+            mode, (width, height) = image.mode, image.size
+    except FileNotFoundError:
+        raise SceneFormatError(f"{_where(path, frame)}: file not found") from None
+    except Exception as err:
+        raise SceneFormatError(f"{_where(path, frame)}: unreadable image ({err})") from None
+    if mode not in _INTEGER_PNG_MODES:
+        raise SceneFormatError(
+            f"{_where(path, frame)}: {what} must be a single-channel 8/16-bit integer image, got PIL mode '{mode}'"
+        )
+    return height, width
+
+
+def read_confidence(path: Path, frame: Optional[str] = None) -> np.ndarray:
+    """Reads a confidence map in [0, 1]: a float ``.npy``, or an 8-bit PNG scaled by 1/255."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        array = _load_npy(path, frame)
+        if array.dtype.kind != "f":
+            raise SceneFormatError(f"{_where(path, frame)}: confidence .npy must be float, got dtype {array.dtype}")
+        array = _squeeze_channel(np.asarray(array, dtype=np.float32), path, frame, "confidence")
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise SceneFormatError(f"{_where(path, frame)}: confidence values must lie in [0, 1]")
+        return array
+    image = _open_png(path, frame)
+    if image.mode != "L":
+        raise SceneFormatError(f"{_where(path, frame)}: confidence PNG must be 8-bit grey, got mode '{image.mode}'")
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def write_label_map(path: Path, ids: np.ndarray) -> None:
+    """Writes integer ids as a PNG (8-bit if they fit, else 16-bit) or, for a ``.npy`` path, as int32."""
+    path = Path(path)
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iub" or ids.ndim != 2:
+        raise ValueError(f"{path}: label maps are 2D integer arrays, got {ids.dtype} {ids.shape}")
+    if path.suffix.lower() == ".npy":
+        np.save(path, ids.astype(np.int32))
+        return
+    if ids.size and (ids.min() < 0 or ids.max() > 65535):
+        raise ValueError(f"{path}: ids outside [0, 65535] do not fit a 16-bit PNG; use a .npy path")
+    dtype = np.uint8 if not ids.size or ids.max() < 256 else np.uint16
+    Image.fromarray(ids.astype(dtype)).save(path)
+
+
+def write_confidence(path: Path, confidence: np.ndarray) -> None:
+    """Writes confidence in [0, 1] as an 8-bit PNG (or a float16 ``.npy``)."""
+    path = Path(path)
+    confidence = np.clip(np.asarray(confidence, dtype=np.float32), 0.0, 1.0)
+    if path.suffix.lower() == ".npy":
+        np.save(path, confidence.astype(np.float16))
+    else:
+        Image.fromarray(np.round(confidence * 255).astype(np.uint8)).save(path)
+
+
+@dataclass(frozen=True)
+class SceneClasses:
+    """The semantic classes of a scene and which of them are "things" (classes with instances)."""
+
+    names: Tuple[str, ...] = DEFAULT_SEMANTIC_CLASSES
+    thing_ids: Tuple[int, ...] = (1,)
+
+    @classmethod
+    def from_meta(cls, meta: Dict[str, Any], source: Path) -> "SceneClasses":
+        names = tuple(str(n) for n in meta.get("semantic_classes", DEFAULT_SEMANTIC_CLASSES))
+        if len(names) < 2:
+            raise SceneFormatError(f"{source}: 'semantic_classes' needs at least two names, got {list(names)}")
+        things = meta.get("thing_classes", list(range(1, len(names))))
+        if not all(isinstance(t, int) and 0 <= t < len(names) for t in things):
+            raise SceneFormatError(
+                f"{source}: 'thing_classes' must be class ids in [0, {len(names) - 1}], got {things}"
+            )
+        return cls(names=names, thing_ids=tuple(sorted(set(things))))
+
+    @property
+    def is_thing(self) -> np.ndarray:
+        """Boolean lookup table: ``is_thing[class_id]``."""
+        table = np.zeros(len(self.names), dtype=bool)
+        table[list(self.thing_ids)] = True
+        return table
+
+
+def load_transforms(data: Path) -> Tuple[Dict[str, Any], Path]:
+    """Loads ``transforms.json`` from a scene folder (or an explicit json path) with a clear error."""
+    path = Path(data)
+    path = path if path.suffix == ".json" else path / "transforms.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SceneFormatError(f"{path}: not found; a scene is a folder with a transforms.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SceneFormatError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list) or not meta["frames"]:
+        raise SceneFormatError(f"{path}: needs a non-empty 'frames' list")
+    return meta, path
+
+
+def frame_paths(meta: Dict[str, Any], root: Path, key: str) -> List[Optional[Path]]:
+    """The file named by ``key`` for each frame (``None`` where a frame lacks the key), resolved against root."""
+    return [root / frame[key] if key in frame else None for frame in meta["frames"]]
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Writes JSON through a temporary file in the same folder, so readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_output_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yields a temporary folder beside ``path`` and renames it to ``path`` only if the block succeeds.
+
+    A failed or interrupted run leaves nothing at ``path`` (or leaves the old content untouched).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{path} exists and is not empty; pass --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 folders
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        os.replace(path, old / "x")
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def check_same_size(shape: Sequence[int], expected: Sequence[int], path: Path, frame: Optional[str], what: str) -> None:
+    """Raises if a label map's (H, W) differs from its image's."""
+    if tuple(shape[:2]) != tuple(expected[:2]):
+        raise SceneFormatError(
+            f"{_where(path, frame)}: {what} is {shape[1]}×{shape[0]} (W×H) but its image is "
+            f"{expected[1]}×{expected[0]}"
+        )

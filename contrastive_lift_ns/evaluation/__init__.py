@@ -1,0 +1,1 @@
+"""Evaluation metrics for lifted panoptic segmentations: scene-level and per-frame panoptic quality, and mIoU."""

@@ -1,0 +1,157 @@
+"""From embeddings to objects: HDBSCAN centroids per thing class, and nearest-centroid ids for every pixel.
+
+Procedure (paper §3 "Rendering instance segmentation maps", Appendix B.3):
+
+1. The model renders the fast embeddings and semantics of pixels sampled from training views.
+2. The pixels are grouped by predicted semantic class; only thing classes get instances.
+3. Each group is clustered with HDBSCAN: points more than ``outlier_sigma`` standard deviations from the
+   class mean (in any dimension) are dropped, then ``min_samples=1`` and ``allow_single_cluster=True``.
+4. Each cluster's centroid is the mean of its members weighted by HDBSCAN's membership strength.
+5. Any pixel of any view gets the id of the nearest centroid of its own predicted class; stuff gets id 0.
+
+One space for both steps: centroids are computed and pixels assigned in the raw embedding space, the space
+whose distances the contrastive loss shaped. (The paper min-max rescales the embeddings for clustering; the
+authors' code then assigns pixels in raw space, a mismatch we avoid.)
+
+Noise and far-away pixels: HDBSCAN's noise points do not shape any centroid, but at render time every
+thing pixel, noise or not and however far from every centroid, takes its nearest centroid's id. Leaving far
+pixels unlabelled would only turn them into false negatives for PQ, while the nearest centroid is usually
+the object the pixel belongs to.
+
+Ids are stable across re-clusterings: new centroids are matched to the previous ones (Hungarian matching on
+distance) and keep their ids, so the viewer's colours do not shuffle while training goes on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Sequence, Type
+
+import hdbscan
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+
+from nerfstudio.configs.base_config import InstantiateConfig
+
+
+@dataclass
+class ClusteringConfig(InstantiateConfig):
+    """How embeddings become objects."""
+
+    _target: Type = field(default_factory=lambda: InstanceClusters)
+    """Target class to instantiate."""
+    num_pixels: int = 50_000
+    """Pixels sampled from training views and rendered for each clustering."""
+    min_cluster_size: Optional[int] = None
+    """HDBSCAN's smallest object, in sampled pixels. None derives it from the number of sampled pixels of the
+    class (``min_cluster_fraction`` of them, at least 10), so it scales with ``num_pixels``."""
+    min_cluster_fraction: float = 0.002
+    """Fraction of a class's sampled pixels that makes the smallest object when min_cluster_size is None."""
+    outlier_sigma: float = 3.0
+    """Points further than this many standard deviations from their class mean are left out of the fit."""
+    recluster_every: int = 1000
+    """Re-cluster every this many training steps once the instance loss is on (0: only at the end)."""
+
+
+class InstanceClusters(nn.Module):
+    """The cached centroids, saved in checkpoints through ``get_extra_state``; their number varies."""
+
+    def __init__(self, config: ClusteringConfig, thing_classes: Sequence[int]) -> None:
+        super().__init__()
+        self.config = config
+        self.thing_classes = tuple(thing_classes)
+        self.centroids = torch.empty(0, 0)
+        self.classes = torch.empty(0, dtype=torch.long)
+        self.ids = torch.empty(0, dtype=torch.long)
+
+    @property
+    def fitted(self) -> bool:
+        return len(self.ids) > 0
+
+    def min_cluster_size(self, num_points: int) -> int:
+        if self.config.min_cluster_size is not None:
+            return self.config.min_cluster_size
+        return max(10, math.ceil(self.config.min_cluster_fraction * num_points))
+
+    def fit(self, embeddings: Float[Tensor, "M D"], classes: Int[Tensor, "M"]) -> Dict[str, Any]:
+        """Replaces the centroids with those of a new clustering; returns per-class statistics."""
+        embeddings_np = embeddings.detach().cpu().double().numpy()
+        classes_np = classes.detach().cpu().numpy()
+        centroids, centroid_classes, stats = [], [], {}
+        for thing in self.thing_classes:
+            points = embeddings_np[classes_np == thing]
+            if len(points) < 2:
+                continue
+            z = np.abs(points - points.mean(0)) / (points.std(0) + 1e-9)
+            points = points[(z <= self.config.outlier_sigma).all(-1)]
+            size = self.min_cluster_size(len(points))
+            if len(points) < max(size, 2):
+                continue
+            found = _hdbscan_centroids(points, size)
+            centroids.append(found)
+            centroid_classes += [thing] * len(found)
+            stats[thing] = {"points": len(points), "min_cluster_size": size, "clusters": len(found)}
+        dim = embeddings.shape[-1]
+        new = torch.from_numpy(np.concatenate(centroids) if centroids else np.zeros((0, dim))).float()
+        new_classes = torch.tensor(centroid_classes, dtype=torch.long)
+        self._set(new, new_classes, self._stable_ids(new, new_classes))
+        return stats
+
+    def _stable_ids(self, centroids: Tensor, classes: Tensor) -> Tensor:
+        """Reuse the id of the previous centroid each new one is matched to; fresh ids for the rest."""
+        ids = torch.zeros(len(centroids), dtype=torch.long)
+        if self.fitted and self.centroids.shape[-1] == centroids.shape[-1]:
+            old_centroids, old_classes, old_ids = self.centroids.cpu(), self.classes.cpu(), self.ids.cpu()
+            for thing in classes.unique().tolist():
+                new_idx = torch.nonzero(classes == thing)[:, 0]
+                old_idx = torch.nonzero(old_classes == thing)[:, 0]
+                if len(old_idx):
+                    cost = torch.cdist(centroids[new_idx], old_centroids[old_idx]).numpy()
+                    rows, cols = linear_sum_assignment(cost)
+                    ids[new_idx[rows]] = old_ids[old_idx[cols]]
+        fresh = torch.nonzero(ids == 0)[:, 0]
+        start = int(torch.cat([ids, self.ids.cpu(), torch.zeros(1, dtype=torch.long)]).max()) + 1
+        ids[fresh] = torch.arange(start, start + len(fresh))
+        return ids
+
+    def _set(self, centroids: Tensor, classes: Tensor, ids: Tensor) -> None:
+        device = self.centroids.device
+        self.centroids, self.classes, self.ids = centroids.to(device), classes.to(device), ids.to(device)
+
+    def assign(self, embeddings: Float[Tensor, "*batch D"], classes: Int[Tensor, "*batch"]) -> Int[Tensor, "*batch"]:
+        """The id of each pixel's nearest centroid of its own class; 0 for stuff and unclustered classes."""
+        if not self.fitted:
+            return torch.zeros_like(classes)
+        distance = torch.cdist(embeddings.reshape(-1, embeddings.shape[-1]).float(), self.centroids)
+        wrong_class = classes.reshape(-1, 1) != self.classes[None, :]
+        nearest = distance.masked_fill(wrong_class, math.inf).argmin(-1)
+        has_centroid = ~wrong_class.all(-1)
+        ids = torch.where(has_centroid, self.ids[nearest], torch.zeros_like(nearest))
+        return ids.reshape(classes.shape)
+
+    def _apply(self, fn, recurse=True):  # keep the cache on the module's device through .to()/.cuda()
+        self.centroids, self.classes, self.ids = fn(self.centroids), fn(self.classes), fn(self.ids)
+        return super()._apply(fn, recurse)
+
+    def get_extra_state(self) -> Dict[str, Tensor]:
+        return {"centroids": self.centroids.cpu(), "classes": self.classes.cpu(), "ids": self.ids.cpu()}
+
+    def set_extra_state(self, state: Dict[str, Tensor]) -> None:
+        self._set(state["centroids"], state["classes"], state["ids"])
+
+
+def _hdbscan_centroids(points: np.ndarray, min_cluster_size: int) -> np.ndarray:
+    """Membership-weighted centroids of HDBSCAN's clusters (noise excluded)."""
+    clusterer = hdbscan.HDBSCAN(min_cluster_size=min_cluster_size, min_samples=1, allow_single_cluster=True)
+    labels = clusterer.fit_predict(points)
+    strength = clusterer.probabilities_
+    found = []
+    for label in range(labels.max() + 1):
+        member = labels == label
+        weight = strength[member] + 1e-12
+        found.append((points[member] * weight[:, None]).sum(0) / weight.sum())
+    return np.stack(found) if found else np.zeros((0, points.shape[1]))

@@ -1,0 +1,1 @@
+"""The scene format, its dataparser, dataset and per-image pixel sampler."""

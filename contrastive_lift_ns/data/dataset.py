@@ -1,0 +1,68 @@
+"""Per-pixel 2D segments, semantics and confidence for each image, loaded beside nerfstudio's RGB."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from nerfstudio.data.datasets.base_dataset import InputDataset
+
+from contrastive_lift_ns.data import scene_format as sf
+
+LABEL_KEYS = ("segments", "semantics", "confidence")
+GT_KEYS = ("gt_instance", "gt_semantics")
+
+
+class ContrastiveLiftDataset(InputDataset):
+    """Adds ``segments`` (int64), ``semantics`` (int64) and ``confidence`` (float32) maps, each H×W×1.
+
+    Without a semantics file, pixels with a segment id are class 1 and all others class 0; without a
+    confidence file, confidence is 1. Eval splits also load ``gt_instance`` and ``gt_semantics`` when the
+    scene has them. Label maps are resized to the loaded image with nearest-neighbour sampling.
+    """
+
+    # An own list: the datamanager edits the base class's list in place.
+    exclude_batch_keys_from_device: List[str] = ["image", "mask", *LABEL_KEYS, *GT_KEYS]
+
+    def get_metadata(self, data: Dict) -> Dict:
+        idx = data["image_idx"]
+        size = tuple(data["image"].shape[:2])
+        frame = str(self._dataparser_outputs.image_filenames[idx])
+        num_classes = len(self.metadata["scene_classes"].names)
+
+        def labels(key: str, what: str) -> Optional[torch.Tensor]:
+            files = self.metadata.get(f"{key}_filenames")
+            if files is None:
+                return None
+            ids = sf.read_label_map(files[idx], frame, what)
+            if key.endswith("semantics") and (ids.min() < 0 or ids.max() >= num_classes):
+                raise sf.SceneFormatError(
+                    f"frame '{frame}': {files[idx]}: {what} holds class id {int(ids.max())}, outside the "
+                    f"{num_classes} 'semantic_classes' of transforms.json"
+                )
+            return _resize_nearest(torch.from_numpy(ids), size)
+
+        out = {"segments": labels("segments", "segments_path")}
+        semantics = labels("semantics", "semantics_path")
+        out["semantics"] = semantics if semantics is not None else (out["segments"] != 0).long()
+        confidence_files = self.metadata.get("confidence_filenames")
+        if confidence_files is None:
+            out["confidence"] = torch.ones(*size, 1)
+        else:
+            confidence = torch.from_numpy(sf.read_confidence(confidence_files[idx], frame))
+            out["confidence"] = _resize_nearest(confidence, size)
+        for key in GT_KEYS:
+            gt = labels(key, f"{key}_path")
+            if gt is not None:
+                out[key] = gt
+        return out
+
+
+def _resize_nearest(values: torch.Tensor, size: tuple) -> torch.Tensor:
+    """H×W map → size[0]×size[1]×1, nearest-neighbour so ids stay ids."""
+    if tuple(values.shape) != size:
+        dtype = values.dtype
+        values = F.interpolate(values[None, None].double(), size=size, mode="nearest-exact")[0, 0].to(dtype)
+    return values[..., None]

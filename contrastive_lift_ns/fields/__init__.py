@@ -1,0 +1,1 @@
+"""The label fields: semantic logits, fast and slow instance embeddings."""

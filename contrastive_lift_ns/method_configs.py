@@ -1,0 +1,108 @@
+"""The registered methods (``ns-train <method>``).
+
+- ``contrastive-lift``: the paper's method, slow-fast contrastive + concentration loss, nerfacto-sized.
+- ``contrastive-lift-vanilla``: the plain contrastive loss (eq. 3), no slow field.
+- ``linear-assignment-lift``: Panoptic Lifting's Hungarian-matched instance logits, the paper's baseline.
+- ``contrastive-lift-small``: the paper's method with small grids and few samples, for 64–128 px scenes on a
+  CPU in minutes (tests, the demo, quick looks).
+
+All train on the GPU when there is one and on the CPU otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
+from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
+from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.plugins.types import MethodSpecification
+
+from contrastive_lift_ns.clustering.instance_clusters import ClusteringConfig
+from contrastive_lift_ns.data.dataparser import ContrastiveLiftDataParserConfig
+from contrastive_lift_ns.data.dataset import ContrastiveLiftDataset
+from contrastive_lift_ns.data.pixel_sampler import PerImagePixelSamplerConfig
+from contrastive_lift_ns.fields.label_field import LabelFieldConfig
+from contrastive_lift_ns.model import ContrastiveLiftModelConfig, InstanceLoss
+from contrastive_lift_ns.pipeline import ContrastiveLiftPipelineConfig
+
+
+def _optimizer(lr: float, final_lr: float, max_steps: int):
+    return {
+        "optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15),
+        "scheduler": ExponentialDecaySchedulerConfig(lr_final=final_lr, max_steps=max_steps),
+    }
+
+
+def trainer_config(method_name: str, instance_loss: InstanceLoss, small: bool = False) -> TrainerConfig:
+    """One method's full configuration; ``small`` selects the CPU-sized preset."""
+    steps = 2000 if small else 30000
+    model = ContrastiveLiftModelConfig(
+        instance_loss=instance_loss,
+        eval_num_rays_per_chunk=1 << 13 if small else 1 << 15,
+        average_init_density=0.01,
+        camera_optimizer=CameraOptimizerConfig(mode="off" if small else "SO3xR3"),
+    )
+    if small:
+        model.num_levels, model.log2_hashmap_size, model.max_res = 8, 15, 512
+        model.num_proposal_samples_per_ray, model.num_nerf_samples_per_ray = (64, 32), 24
+        model.proposal_net_args_list = [
+            {"hidden_dim": 16, "log2_hashmap_size": 14, "num_levels": 4, "max_res": 64, "use_linear": False},
+            {"hidden_dim": 16, "log2_hashmap_size": 14, "num_levels": 4, "max_res": 128, "use_linear": False},
+        ]
+        model.instance_field = LabelFieldConfig(num_levels=8, log2_hashmap_size=15, max_res=256)
+        model.semantic_field = LabelFieldConfig(num_levels=6, log2_hashmap_size=14, max_res=128)
+        model.label_samples_per_ray = 8
+        model.semantic_loss_start_step, model.instance_loss_start_step = 200, 500
+        model.proposal_warmup, model.proposal_weights_anneal_max_num_iters = 500, 200
+        model.clustering = ClusteringConfig(num_pixels=20_000, recluster_every=500)
+    return TrainerConfig(
+        method_name=method_name,
+        steps_per_eval_batch=500,
+        steps_per_eval_image=1000 if small else 2000,
+        steps_per_eval_all_images=1_000_000,
+        steps_per_save=1000 if small else 2000,
+        max_num_iterations=steps,
+        mixed_precision=True,  # nerfstudio turns it off on the CPU
+        machine=MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu"),
+        pipeline=ContrastiveLiftPipelineConfig(
+            datamanager=VanillaDataManagerConfig(
+                _target=VanillaDataManager[ContrastiveLiftDataset],
+                dataparser=ContrastiveLiftDataParserConfig(),
+                pixel_sampler=PerImagePixelSamplerConfig(images_per_batch=2 if small else 4),
+                train_num_rays_per_batch=1024 if small else 4096,
+                eval_num_rays_per_batch=1024 if small else 4096,
+            ),
+            model=model,
+        ),
+        optimizers={
+            "proposal_networks": _optimizer(1e-2, 1e-4, 200_000),
+            "fields": _optimizer(1e-2, 1e-4, 200_000),
+            "camera_opt": _optimizer(1e-3, 1e-4, 5000),
+            "semantic_field": _optimizer(1e-2, 1e-3, steps),
+            "instance_field": _optimizer(1e-2, 1e-3, steps),
+        },
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 13 if small else 1 << 15),
+        vis="viewer",
+    )
+
+
+contrastive_lift = MethodSpecification(
+    config=trainer_config("contrastive-lift", "slow-fast"),
+    description="Contrastive Lift (NeurIPS 2023): 2D instance masks → consistent 3D instances, slow-fast loss.",
+)
+contrastive_lift_vanilla = MethodSpecification(
+    config=trainer_config("contrastive-lift-vanilla", "vanilla"),
+    description="Contrastive Lift with the vanilla contrastive loss (eq. 3) and no slow field.",
+)
+linear_assignment_lift = MethodSpecification(
+    config=trainer_config("linear-assignment-lift", "linear-assignment"),
+    description="Panoptic Lifting's baseline: a fixed number of instance logits, Hungarian-matched per image.",
+)
+contrastive_lift_small = MethodSpecification(
+    config=trainer_config("contrastive-lift-small", "slow-fast", small=True),
+    description="contrastive-lift with small grids and few samples: 64–128 px scenes on a CPU in minutes.",
+)

@@ -70,6 +70,8 @@ class ContrastiveLiftModelConfig(NerfactoModelConfig):
     than the number of samples)."""
     semantic_loss_mult: float = 0.1
     """Weight of the confidence-weighted semantic cross-entropy (the authors' 0.1)."""
+    contrastive_temperature: float = 1.0
+    """Divides the contrastive similarities before the softmax (1: the authors' code)."""
     instance_loss_mult: float = 1.0
     """Weight of the contrastive (or linear-assignment) loss."""
     concentration_loss_mult: float = 1.0
@@ -333,12 +335,14 @@ class ContrastiveLiftModel(NerfactoModel):
             return {"instance_loss": mult * linear_assignment_loss(logits, labels, confidence)}
         if self.config.instance_loss == "vanilla":
             embeddings = outputs["instance_values"].view(*labels.shape, -1)
-            return {"instance_loss": mult * vanilla_contrastive_loss(embeddings, labels)}
+            return {"instance_loss": mult * vanilla_contrastive_loss(embeddings, labels, self.config.contrastive_temperature)}
         fast = outputs["fast_embedding"].view(labels.shape[0], per_image // 2, -1)
         slow = outputs["slow_embedding"].view(labels.shape[0], per_image // 2, -1)
         fast_labels, slow_labels = labels[:, 0::2], labels[:, 1::2]
         return {
-            "instance_loss": mult * slow_fast_contrastive_loss(fast, slow, fast_labels, slow_labels),
+            "instance_loss": mult * slow_fast_contrastive_loss(
+                fast, slow, fast_labels, slow_labels, self.config.contrastive_temperature
+            ),
             "concentration_loss": self.config.concentration_loss_mult
             * concentration_loss(fast, slow, fast_labels, slow_labels, confidence[:, 0::2]),
         }

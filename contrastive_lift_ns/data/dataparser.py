@@ -44,12 +44,6 @@ class ContrastiveLiftDataParser(Nerfstudio):
         if split != "train":  # ground truth is for evaluation only and never reaches training
             keys += [sf.GT_INSTANCE_KEY, sf.GT_SEMANTICS_KEY]
         files = {key: _frame_files(frames, root, key, meta) for key in keys}
-        if files[sf.SEGMENTS_KEY] is None:
-            missing = next(f["file_path"] for f in frames if sf.SEGMENTS_KEY not in f)
-            raise sf.SceneFormatError(
-                f"{transforms_path}: frame '{missing}' has no '{sf.SEGMENTS_KEY}'; every frame needs the 2D "
-                "segmenter's instance ids (run cl-segment to make them)"
-            )
         outputs.metadata.update(
             {
                 "scene_classes": classes,
@@ -64,16 +58,21 @@ class ContrastiveLiftDataParser(Nerfstudio):
 
 
 def _frame_files(frames: List[Dict], root: Path, key: str, meta: Dict) -> Optional[List[Path]]:
-    """The files named by ``key``, checked against their image's size; None if no frame has the key.
+    """The files named by ``key``, checked against their image's size; None if no frame has an optional key.
 
-    A key that only some frames have is an error for the first frame without it.
+    Segments are required; an optional key that only some frames have is an error for the first without it.
     """
     present = [key in f for f in frames]
-    if not any(present):
+    if not any(present) and key != sf.SEGMENTS_KEY:
         return None
     if not all(present):
         missing = frames[present.index(False)]["file_path"]
-        raise sf.SceneFormatError(f"frame '{missing}': no '{key}', though other frames have one")
+        why = (
+            "every frame needs the 2D segmenter's instance ids (cl-segment makes them)"
+            if key == sf.SEGMENTS_KEY
+            else "other frames have one"
+        )
+        raise sf.SceneFormatError(f"frame '{missing}': has no '{key}'; {why}")
     paths = []
     for frame in frames:
         path = root / frame[key]

@@ -20,7 +20,7 @@ class ContrastiveLiftDataset(InputDataset):
 
     Without a semantics file, pixels with a segment id are class 1 and all others class 0; without a
     confidence file, confidence is 1. Eval splits also load ``gt_instance`` and ``gt_semantics`` when the
-    scene has them. Label maps are resized to the loaded image with nearest-neighbour sampling.
+    scene has them (ground-truth semantics default the same way from the ground-truth instances). Label maps are resized to the loaded image with nearest-neighbour sampling.
     """
 
     # An own list: the datamanager edits the base class's list in place.
@@ -53,10 +53,11 @@ class ContrastiveLiftDataset(InputDataset):
         else:
             confidence = torch.from_numpy(sf.read_confidence(confidence_files[idx], frame))
             out["confidence"] = _resize_nearest(confidence, size)
-        for key in GT_KEYS:
-            gt = labels(key, f"{key}_path")
-            if gt is not None:
-                out[key] = gt
+        gt_instance = labels("gt_instance", "gt_instance_path")
+        if gt_instance is not None:
+            out["gt_instance"] = gt_instance
+            gt_semantics = labels("gt_semantics", "gt_semantics_path")
+            out["gt_semantics"] = gt_semantics if gt_semantics is not None else (gt_instance != 0).long()
         return out
 
 

@@ -126,8 +126,9 @@ def read_confidence(path: Path, frame: Optional[str] = None) -> np.ndarray:
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
-def write_label_map(path: Path, ids: np.ndarray) -> None:
-    """Writes integer ids as a PNG (8-bit if they fit, else 16-bit) or, for a ``.npy`` path, as int32."""
+def write_label_map(path: Path, ids: np.ndarray, sixteen_bit: bool = False) -> None:
+    """Writes integer ids as a PNG (8-bit if they fit and ``sixteen_bit`` is off, else 16-bit) or, for a
+    ``.npy`` path, as int32."""
     path = Path(path)
     ids = np.asarray(ids)
     if ids.dtype.kind not in "iub" or ids.ndim != 2:
@@ -137,7 +138,7 @@ def write_label_map(path: Path, ids: np.ndarray) -> None:
         return
     if ids.size and (ids.min() < 0 or ids.max() > 65535):
         raise ValueError(f"{path}: ids outside [0, 65535] do not fit a 16-bit PNG; use a .npy path")
-    dtype = np.uint8 if not ids.size or ids.max() < 256 else np.uint16
+    dtype = np.uint8 if not sixteen_bit and (not ids.size or ids.max() < 256) else np.uint16
     Image.fromarray(ids.astype(dtype)).save(path)
 
 
@@ -157,18 +158,23 @@ class SceneClasses:
 
     names: Tuple[str, ...] = DEFAULT_SEMANTIC_CLASSES
     thing_ids: Tuple[int, ...] = (1,)
+    void_id: Optional[int] = None
+    """A class that marks unannotated pixels (e.g. 0 in ScanNet-style ground truth); None: every class is real."""
 
     @classmethod
     def from_meta(cls, meta: Dict[str, Any], source: Path) -> "SceneClasses":
         names = tuple(str(n) for n in meta.get("semantic_classes", DEFAULT_SEMANTIC_CLASSES))
         if len(names) < 2:
             raise SceneFormatError(f"{source}: 'semantic_classes' needs at least two names, got {list(names)}")
-        things = meta.get("thing_classes", list(range(1, len(names))))
+        void = meta.get("void_class")
+        things = meta.get("thing_classes", [c for c in range(1, len(names)) if c != void])
         if not all(isinstance(t, int) and 0 <= t < len(names) for t in things):
             raise SceneFormatError(
                 f"{source}: 'thing_classes' must be class ids in [0, {len(names) - 1}], got {things}"
             )
-        return cls(names=names, thing_ids=tuple(sorted(set(things))))
+        if void is not None and (not isinstance(void, int) or not 0 <= void < len(names) or void in things):
+            raise SceneFormatError(f"{source}: 'void_class' must be a non-thing class id, got {void}")
+        return cls(names=names, thing_ids=tuple(sorted(set(things))), void_id=void)
 
     @property
     def is_thing(self) -> np.ndarray:

@@ -38,8 +38,9 @@ def _contrastive(
     query_labels: Int[Tensor, "K N"],
     key_labels: Int[Tensor, "K M"],
     same_rays: bool,
+    temperature: float,
 ) -> Float[Tensor, ""]:
-    similarity = torch.exp(-pairwise_distance(queries, keys))
+    similarity = torch.exp(-pairwise_distance(queries, keys)) / temperature
     pairs = (key_labels != 0)[:, None, :] & (query_labels != 0)[:, :, None]
     if same_rays:  # a ray is not its own positive
         pairs = pairs & ~torch.eye(queries.shape[1], dtype=torch.bool, device=queries.device)
@@ -52,10 +53,10 @@ def _contrastive(
 
 
 def vanilla_contrastive_loss(
-    embeddings: Float[Tensor, "K N D"], labels: Int[Tensor, "K N"]
+    embeddings: Float[Tensor, "K N D"], labels: Int[Tensor, "K N"], temperature: float = 1.0
 ) -> Float[Tensor, ""]:
     """Eq. 3: every ray against every other ray of its image, all rendered by the trained field."""
-    return _contrastive(embeddings, embeddings, labels, labels, same_rays=True)
+    return _contrastive(embeddings, embeddings, labels, labels, same_rays=True, temperature=temperature)
 
 
 def slow_fast_contrastive_loss(
@@ -63,7 +64,8 @@ def slow_fast_contrastive_loss(
     slow: Float[Tensor, "K M D"],
     fast_labels: Int[Tensor, "K N"],
     slow_labels: Int[Tensor, "K M"],
+    temperature: float = 1.0,
 ) -> Float[Tensor, ""]:
     """Eq. 4: rays rendered by the fast field are queries, the other rays of the image, rendered by the slow
     field (no gradient), are keys. Each ray is rendered by one field only, so the cost equals eq. 3's."""
-    return _contrastive(fast, slow.detach(), fast_labels, slow_labels, same_rays=False)
+    return _contrastive(fast, slow.detach(), fast_labels, slow_labels, same_rays=False, temperature=temperature)

@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -97,7 +97,7 @@ class ContrastiveLiftModel(NerfactoModel):
     def populate_modules(self) -> None:
         if self.config.predict_normals:
             raise ValueError("contrastive-lift does not support --pipeline.model.predict-normals")
-        with _lpips_disabled():
+        with without_lpips():
             super().populate_modules()
         self.scene_classes: SceneClasses = self.kwargs["metadata"]["scene_classes"]
         self.step = 0
@@ -276,33 +276,46 @@ class ContrastiveLiftModel(NerfactoModel):
         """The views whose pixels are sampled for clustering (set by the pipeline)."""
         self.training_cameras = cameras
 
+    def sample_training_rays(self, count: int, seed: int) -> RayBundle:
+        """Rays through ``count`` random points of the training views: a view uniformly at random, then a
+        point uniformly within it; ``camera_indices`` says which view."""
+        if self.training_cameras is None:
+            raise RuntimeError("no training cameras to sample pixels from (the pipeline sets them)")
+        cameras = self.training_cameras.to(self.device)
+        generator = torch.Generator().manual_seed(seed)
+        index = torch.randint(len(cameras), (count,), generator=generator)
+        yx = torch.rand(count, 2, generator=generator) * torch.cat(
+            [cameras.height[index], cameras.width[index]], dim=-1
+        ).cpu()
+        return cameras.generate_rays(camera_indices=index[:, None].to(self.device), coords=yx.to(self.device))
+
+    @torch.no_grad()
+    def render_rays(self, rays: RayBundle, on_chunk: Optional[Callable[[int], None]] = None) -> Dict[str, Tensor]:
+        """Eval-mode outputs for a flat bundle, in chunks of ``eval_num_rays_per_chunk``; ``on_chunk`` gets
+        each chunk's size (e.g. to advance a progress bar)."""
+        chunk = self.config.eval_num_rays_per_chunk
+        was_training = self.training
+        self.eval()
+        try:
+            outputs = []
+            for i in range(0, len(rays), chunk):
+                outputs.append(self.forward(rays[i : i + chunk]))
+                if on_chunk is not None:
+                    on_chunk(min(chunk, len(rays) - i))
+        finally:
+            self.train(was_training)
+        return {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
+
     @torch.no_grad()
     def recluster(self, num_pixels: Optional[int] = None, seed: Optional[int] = None) -> Dict[str, Any]:
         """Renders pixels sampled from the training views and re-fits the cluster centroids."""
         if not self.uses_clustering:
             raise ValueError("linear-assignment-lift predicts instance ids directly; it has nothing to cluster")
-        if self.training_cameras is None:
-            raise RuntimeError("no training cameras to sample pixels from (the pipeline sets them)")
         start = time.perf_counter()
-        cameras = self.training_cameras.to(self.device)
         count = num_pixels or self.config.clustering.num_pixels
-        generator = torch.Generator().manual_seed(self.step if seed is None else seed)
-        index = torch.randint(len(cameras), (count,), generator=generator)
-        yx = torch.rand(count, 2, generator=generator) * torch.cat(
-            [cameras.height[index], cameras.width[index]], dim=-1
-        ).cpu()
-        rays = cameras.generate_rays(camera_indices=index[:, None].to(self.device), coords=yx.to(self.device))
-        was_training = self.training
-        self.eval()
-        try:
-            chunks = [
-                self.forward(rays[i : i + self.config.eval_num_rays_per_chunk])
-                for i in range(0, count, self.config.eval_num_rays_per_chunk)
-            ]
-        finally:
-            self.train(was_training)
-        embeddings = torch.cat([c["instance_values"] for c in chunks])
-        classes = torch.cat([c["semantic_logits"] for c in chunks]).argmax(-1)
+        outputs = self.render_rays(self.sample_training_rays(count, self.step if seed is None else seed))
+        embeddings = outputs["instance_values"]
+        classes = outputs["semantic_logits"].argmax(-1)
         render_time = time.perf_counter() - start
         stats = self.clusters.fit(embeddings, classes)
         total = time.perf_counter() - start
@@ -315,8 +328,9 @@ class ContrastiveLiftModel(NerfactoModel):
     # ---------------------------------------------------------------- losses and metrics
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
-        losses = {} if self.config.freeze_scene else super().get_loss_dict(outputs, batch, metrics_dict)
-        if "semantic_logits" in outputs and self.training and not self.config.freeze_scene:
+        scene_frozen = self.training and self.config.freeze_scene  # evaluation still reports the RGB loss
+        losses = {} if scene_frozen else super().get_loss_dict(outputs, batch, metrics_dict)
+        if "semantic_logits" in outputs and self.training:  # not rendered while the scene is frozen
             target = batch["semantics"].to(self.device).view(-1)
             confidence = batch["confidence"].to(self.device).view(-1)
             cross_entropy = F.cross_entropy(outputs["semantic_logits"], target, reduction="none")
@@ -369,8 +383,8 @@ class _NoLPIPS(nn.Module):
 
 
 @contextmanager
-def _lpips_disabled():
-    """Building the model must work offline; nerfacto builds LPIPS in populate_modules."""
+def without_lpips():
+    """Builds nerfacto without LPIPS: it would download AlexNet weights, and building must work offline."""
     import torchmetrics.image.lpip as lpip
 
     original = lpip.LearnedPerceptualImagePatchSimilarity

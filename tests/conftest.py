@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from nerfstudio.scripts.train import train_loop
+
+from contrastive_lift_ns.method_configs import contrastive_lift_small
+from contrastive_lift_ns.scripts.make_scene import MakeSceneConfig, make_scene
 
 
 def write_flat_scene(root: Path, frames: int = 4, size: int = 16, seed: int = 0) -> Path:
@@ -45,3 +53,42 @@ def write_flat_scene(root: Path, frames: int = 4, size: int = 16, seed: int = 0)
 @pytest.fixture
 def flat_scene(tmp_path: Path) -> Path:
     return write_flat_scene(tmp_path / "scene")
+
+
+@dataclass
+class TrainedRun:
+    """A contrastive-lift-small model trained on a generated scene; shared by the tests of one session."""
+
+    scene: Path
+    config: Path
+
+
+def train_in_process(
+    scene: Path, output_dir: Path, max_steps: int, steps_per_save: Optional[int] = None, **model_overrides
+) -> Path:
+    """Trains ``contrastive-lift-small`` the way ``ns-train`` does, without a subprocess; returns config.yml."""
+    config = copy.deepcopy(contrastive_lift_small.config)
+    config.pipeline.datamanager.data = scene
+    config.output_dir = output_dir
+    config.vis = "tensorboard"
+    config.max_num_iterations = max_steps
+    config.steps_per_save = steps_per_save or max_steps
+    config.save_only_latest_checkpoint = steps_per_save is None
+    config.machine.device_type = "cpu"
+    config.viewer.quit_on_train_completion = True
+    config.logging.local_writer.enable = False  # its console table crashes on a 0.0 rate in-process
+    for key, value in model_overrides.items():
+        setattr(config.pipeline.model, key, value)
+    config.set_timestamp()
+    config.save_config()
+    train_loop(local_rank=0, world_size=0, config=config)
+    return config.get_base_dir() / "config.yml"
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> TrainedRun:
+    root = tmp_path_factory.mktemp("trained")
+    scene = make_scene(
+        MakeSceneConfig(output_dir=root / "scene", num_objects=8, num_views=40, resolution=64, seed=1), progress=False
+    )
+    return TrainedRun(scene=scene, config=train_in_process(scene, root / "outputs", max_steps=1200))

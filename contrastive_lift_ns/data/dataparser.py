@@ -16,6 +16,7 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio, Nerfst
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
 from contrastive_lift_ns.data import scene_format as sf
+from contrastive_lift_ns.data.dataset import label_metadata, split_label_keys
 
 
 @dataclass
@@ -40,20 +41,8 @@ class ContrastiveLiftDataParser(Nerfstudio):
         by_image = {self._get_fname(Path(f["file_path"]), root): f for f in meta["frames"]}
         frames = [by_image[name] for name in outputs.image_filenames]
 
-        keys = [sf.SEGMENTS_KEY, sf.SEMANTICS_KEY, sf.CONFIDENCE_KEY]
-        if split != "train":  # ground truth is for evaluation only and never reaches training
-            keys += [sf.GT_INSTANCE_KEY, sf.GT_SEMANTICS_KEY]
-        files = {key: _frame_files(frames, root, key, meta) for key in keys}
-        outputs.metadata.update(
-            {
-                "scene_classes": classes,
-                "segments_filenames": files[sf.SEGMENTS_KEY],
-                "semantics_filenames": files[sf.SEMANTICS_KEY],
-                "confidence_filenames": files[sf.CONFIDENCE_KEY],
-                "gt_instance_filenames": files.get(sf.GT_INSTANCE_KEY),
-                "gt_semantics_filenames": files.get(sf.GT_SEMANTICS_KEY),
-            }
-        )
+        files = {key: _frame_files(frames, root, f"{key}_path", meta) for key in split_label_keys(split)}
+        outputs.metadata.update(label_metadata(classes, files))
         return outputs
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,19 @@ from contrastive_lift_ns.data import scene_format as sf
 
 LABEL_KEYS = ("segments", "semantics", "confidence")
 GT_KEYS = ("gt_instance", "gt_semantics")
+
+
+def split_label_keys(split: str) -> tuple:
+    """The label keys a split may load: ground truth is for evaluation only and never reaches training."""
+    return LABEL_KEYS if split == "train" else LABEL_KEYS + GT_KEYS
+
+
+def label_metadata(classes: sf.SceneClasses, files: Dict[str, Optional[List[Path]]]) -> Dict[str, Any]:
+    """The dataparser metadata this dataset reads: the classes, and one file list per label key (None: none).
+
+    Every dataparser of the project fills it; ``<key>_path`` in transforms.json becomes ``<key>_filenames``.
+    """
+    return {"scene_classes": classes, **{f"{key}_filenames": files.get(key) for key in LABEL_KEYS + GT_KEYS}}
 
 
 class ContrastiveLiftDataset(InputDataset):

@@ -57,6 +57,18 @@ def _load_npy(path: Path, frame: Optional[str], mmap: bool = False) -> np.ndarra
         raise SceneFormatError(f"{_where(path, frame)}: unreadable .npy file ({err})") from None
 
 
+def _load_npz_confidence(path: Path, frame: Optional[str]) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return archive["confidence"]  # read only this member: the archive also holds H×W×C probabilities
+    except FileNotFoundError:
+        raise SceneFormatError(f"{_where(path, frame)}: file not found") from None
+    except KeyError:
+        raise SceneFormatError(f"{_where(path, frame)}: .npz has no 'confidence' array") from None
+    except Exception as err:
+        raise SceneFormatError(f"{_where(path, frame)}: unreadable .npz file ({err})") from None
+
+
 def _squeeze_channel(array: np.ndarray, path: Path, frame: Optional[str], what: str) -> np.ndarray:
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
@@ -110,12 +122,15 @@ def label_map_size(path: Path, frame: Optional[str] = None, what: str = "label m
 
 
 def read_confidence(path: Path, frame: Optional[str] = None) -> np.ndarray:
-    """Reads a confidence map in [0, 1]: a float ``.npy``, or an 8-bit PNG scaled by 1/255."""
+    """Reads a confidence map in [0, 1]: a float ``.npy``, an ``.npz`` with a float ``confidence`` array (Panoptic
+    Lifting's ``m2f_probabilities``), or an 8-bit PNG scaled by 1/255."""
     path = Path(path)
-    if path.suffix.lower() == ".npy":
-        array = _load_npy(path, frame)
+    if path.suffix.lower() in (".npy", ".npz"):
+        array = _load_npy(path, frame) if path.suffix.lower() == ".npy" else _load_npz_confidence(path, frame)
         if array.dtype.kind != "f":
-            raise SceneFormatError(f"{_where(path, frame)}: confidence .npy must be float, got dtype {array.dtype}")
+            raise SceneFormatError(
+                f"{_where(path, frame)}: confidence {path.suffix} must be float, got dtype {array.dtype}"
+            )
         array = _squeeze_channel(np.asarray(array, dtype=np.float32), path, frame, "confidence")
         if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
             raise SceneFormatError(f"{_where(path, frame)}: confidence values must lie in [0, 1]")
@@ -204,11 +219,18 @@ def frame_paths(meta: Dict[str, Any], root: Path, key: str) -> List[Optional[Pat
     return [root / frame[key] if key in frame else None for frame in meta["frames"]]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
     """Writes JSON through a temporary file in the same folder, so readers never see half a file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes private (0600) files
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2)
             f.write("\n")
@@ -231,9 +253,7 @@ def atomic_output_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
         raise FileExistsError(f"{path} exists and is not empty; pass --overwrite to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 folders
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes private (0700) folders
     try:
         yield tmp
     except BaseException:

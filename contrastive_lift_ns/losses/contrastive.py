@@ -27,9 +27,14 @@ _MASKED = -1e4  # finite stand-in for -inf: an all-masked row must still give fi
 
 
 def pairwise_distance(a: Float[Tensor, "K N D"], b: Float[Tensor, "K M D"]) -> Float[Tensor, "K N M"]:
-    """Euclidean distances whose gradient stays finite where two embeddings coincide."""
-    squared = (a[:, :, None, :] - b[:, None, :, :]).square().sum(-1)
-    return (squared + 1e-12).sqrt()
+    """Euclidean distances whose gradient stays finite where two embeddings coincide.
+
+    Expanded as |a|² + |b|² - 2 a·b, one batched matmul, instead of materialising (K, N, M, D) differences.
+    """
+    squared = torch.baddbmm(
+        a.square().sum(-1, keepdim=True) + b.square().sum(-1)[:, None, :], a, b.transpose(1, 2), alpha=-2.0
+    )
+    return (squared.clamp(min=0.0) + 1e-12).sqrt()
 
 
 def _contrastive(

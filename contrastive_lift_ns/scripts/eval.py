@@ -12,10 +12,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 import tyro
+from PIL import Image
 from rich.table import Table
 
 from nerfstudio.utils.eval_utils import eval_setup
@@ -23,7 +25,9 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from contrastive_lift_ns.data.scene_format import atomic_output_dir, atomic_write_json, write_label_map
 from contrastive_lift_ns.evaluation.scene_evaluation import evaluate, missing_ground_truth
-from contrastive_lift_ns.viewer.images import save_rgb
+from contrastive_lift_ns.viewer.images import contact_sheet, id_image, save_rgb
+
+_SHEET_VIEWS = 4
 
 
 @dataclass
@@ -36,7 +40,7 @@ class EvalConfig:
     """Where to write the metrics as JSON."""
     render_dir: Optional[Path] = None
     """If set, write per view ``instance/<stem>.png`` (uint16 ids), ``semantics/<stem>.png`` (class ids) and
-    ``rgb/<stem>.png``."""
+    ``rgb/<stem>.png``, and ``contact_sheet.png``: a few views as RGB | 2D segments | lifted | ground truth."""
     overwrite: bool = False
     """Replace a non-empty render_dir."""
 
@@ -56,7 +60,10 @@ class EvalConfig:
                 for sub in ("instance", "semantics", "rgb"):
                     (folder / sub).mkdir()
                 names = [Path(p).stem for p in pipeline.datamanager.eval_dataset.image_filenames]
-                metrics = evaluate(pipeline, on_view=_view_writer(folder, names))
+                sheet_rows: List[List[np.ndarray]] = []
+                metrics = evaluate(pipeline, on_view=_view_writer(folder, names, sheet_rows))
+                titles = ["RGB", "2D segments", "lifted instances", "ground truth"][: len(sheet_rows[0])]
+                Image.fromarray(contact_sheet(sheet_rows, titles)).save(folder / "contact_sheet.png")
         report = {
             **metrics,
             "step": step,
@@ -78,13 +85,22 @@ class EvalConfig:
             )
 
 
-def _view_writer(folder: Path, names: list):
+def _view_writer(folder: Path, names: List[str], sheet_rows: List[List[np.ndarray]]):
+    """Writes each view's maps, and keeps a few evenly spaced views for the contact sheet."""
+    sheet_views = set(np.linspace(0, len(names) - 1, min(_SHEET_VIEWS, len(names))).round().astype(int).tolist())
+
     def write(index: int, outputs: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]) -> None:
         stem = names[index]
-        ids = outputs.get("instance_id", torch.zeros_like(outputs["semantic_class"]))
-        write_label_map(folder / "instance" / f"{stem}.png", ids[..., 0].long().cpu().numpy(), sixteen_bit=True)
+        ids = outputs.get("instance_id", torch.zeros_like(outputs["semantic_class"]))[..., 0].long().cpu().numpy()
+        write_label_map(folder / "instance" / f"{stem}.png", ids, sixteen_bit=True)
         write_label_map(folder / "semantics" / f"{stem}.png", outputs["semantic_class"][..., 0].long().cpu().numpy())
         save_rgb(folder / "rgb" / f"{stem}.png", outputs["rgb"])
+        if index in sheet_views:
+            rgb = (batch["image"][..., :3].clamp(0, 1) * 255).round().byte().numpy()
+            row = [rgb, id_image(batch["segments"][..., 0].numpy()), id_image(ids)]
+            if "gt_instance" in batch:
+                row.append(id_image(batch["gt_instance"][..., 0].numpy()))
+            sheet_rows.append(row)
 
     return write
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Dict, List, Literal, Optional
 
 import numpy as np
 import tyro
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -42,6 +42,7 @@ from contrastive_lift_ns.scenes.segmenter_noise import (
     classical_segments,
     simulate_segments,
 )
+from contrastive_lift_ns.viewer.images import contact_sheet, id_image
 
 CONSOLE = Console(width=120)
 # 16-bit millimetre depth (up to 65.5 m) must reach the sky dome, which grows with the room.
@@ -49,7 +50,6 @@ MAX_OBJECTS = 1000
 MAX_FLOOR = 14.0
 MAX_RESOLUTION = 2048
 _PREVIEW_VIEWS = 4
-_PREVIEW_TILE = 192
 # Sub-folder and transforms.json key of every per-view map.
 _FOLDERS = {
     "file_path": "images",
@@ -166,7 +166,8 @@ def make_scene(config: MakeSceneConfig, progress: bool = True) -> Path:
                 bar.advance(task)
         atomic_write_json(root / "transforms.json", _transforms(config, noise, room, frames))
         if config.preview:
-            Image.fromarray(_contact_sheet(previews)).save(root / "preview.png")
+            rows = [(rgb, id_image(segments), id_image(gt)) for rgb, segments, gt in previews]
+            Image.fromarray(contact_sheet(rows, ("RGB", "2D segments", "ground truth"))).save(root / "preview.png")
     if progress:
         CONSOLE.print(
             f"Wrote {config.num_views} views of {config.num_objects} objects to {escape(str(config.output_dir))} "
@@ -257,33 +258,6 @@ def _transforms(
         "scene_objects": scene_objects_json(room),
         "frames": frames,
     }
-
-
-def _id_colors(ids: np.ndarray) -> np.ndarray:
-    """A fixed pseudo-random bright colour per id (the same id always gets the same colour); black for 0."""
-    h = (ids.astype(np.uint64) * np.uint64(2654435761) + np.uint64(12345)) % np.uint64(2**32)
-    channels = np.stack([(h >> np.uint64(s)) & np.uint64(255) for s in (0, 8, 16)], -1).astype(np.float64)
-    return np.where(ids[..., None] > 0, 60 + channels * (195 / 255), 0).astype(np.uint8)
-
-
-def _contact_sheet(rows: List[tuple]) -> np.ndarray:
-    """Rows of RGB | 2D segments | ground truth, upscaled to at least _PREVIEW_TILE pixels, under a header."""
-    scale = max(1, int(np.ceil(_PREVIEW_TILE / rows[0][0].shape[0])))
-    gap, header = 4, 22
-    tiles = [[rgb, _id_colors(segments), _id_colors(gt)] for rgb, segments, gt in rows]
-    tiles = [[t.repeat(scale, 0).repeat(scale, 1) for t in row] for row in tiles]
-    size = tiles[0][0].shape[0]
-    sheet = np.full((header + len(tiles) * (size + gap), 3 * size + 2 * gap, 3), 255, dtype=np.uint8)
-    for r, row in enumerate(tiles):
-        for c, tile in enumerate(row):
-            top, left = header + r * (size + gap), c * (size + gap)
-            sheet[top : top + size, left : left + size] = tile
-    image = Image.fromarray(sheet)
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=14)
-    for c, title in enumerate(("RGB", "2D segments", "ground truth")):
-        draw.text((c * (size + gap) + 4, 3), title, fill=(0, 0, 0), font=font)
-    return np.asarray(image)
 
 
 if __name__ == "__main__":

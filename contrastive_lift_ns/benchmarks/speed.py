@@ -1,0 +1,199 @@
+"""Speed and memory of the lift, from one run on one machine.
+
+1. Step time of ``contrastive-lift`` (all losses on) over plain ``nerfacto``: same scene, rays per step and
+   hash grids. Target: ≤ 1.15.
+2. Step time and peak memory of the instance stage (scene frozen) against the number of objects, for the
+   three instance losses. Target for slow-fast: ≤ 1.1× from 25 to 500 objects.
+3. Clustering time (rendering the sampled pixels, then HDBSCAN) for 25k, 100k and 400k pixels.
+4. Frames per second of rendering the ``instance`` output at 256² and 512².
+
+Every training measurement runs in a fresh process, so its peak memory is its own. On a GPU the hash grids
+use tiny-cuda-nn when it is installed, and nerfstudio's mixed precision.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import multiprocessing
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import torch
+
+from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+from nerfstudio.models.nerfacto import NerfactoModelConfig
+from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
+
+from contrastive_lift_ns.benchmarks.timing import machine, peak_memory_mb, quiet, train_timed
+from contrastive_lift_ns.data.scene_format import atomic_write_json
+from contrastive_lift_ns.method_configs import trainer_config
+from contrastive_lift_ns.model import without_lpips
+from contrastive_lift_ns.scripts.make_scene import MakeSceneConfig, make_scene
+
+LOSSES = {"contrastive-lift": "slow-fast", "contrastive-lift-vanilla": "vanilla", "linear-assignment-lift": "linear-assignment"}
+
+
+@dataclass
+class SpeedBenchmark:
+    """Step-time ratio to nerfacto, instance-stage scaling, clustering time and render speed."""
+
+    output_path: Path = Path("bench-results/speed.json")
+    """Where to write the figures (JSON; a Markdown table is printed)."""
+    small: bool = True
+    """Use the CPU-sized preset (``contrastive-lift-small``'s grids and samples) for every model."""
+    rays_per_step: int = 1024
+    """Rays per training step, the same for every model."""
+    steps: int = 60
+    """Timed steps per measurement (after the warm-up)."""
+    warmup: int = 10
+    """Untimed steps first."""
+    objects: Tuple[int, ...] = (25, 100, 500)
+    """Scene sizes for the instance-stage scaling."""
+    resolution: int = 64
+    """Scene resolution for the training measurements."""
+    cluster_pixels: Tuple[int, ...] = (25_000, 100_000, 400_000)
+    """Sampled pixel counts for the clustering time."""
+    render_sizes: Tuple[int, ...] = (256, 512)
+    """Square render sizes for the frames-per-second figure."""
+    seed: int = 0
+    """Scene seed."""
+
+    def main(self) -> Dict[str, Any]:
+        return _run(self)
+
+
+def _run(config: SpeedBenchmark) -> Dict[str, Any]:
+    results: Dict[str, Any] = {
+        "command": " ".join(sys.argv),
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "config": {k: str(v) for k, v in asdict(config).items()},
+    }
+    with tempfile.TemporaryDirectory(prefix="cl-bench-speed-") as tmp:
+        scenes = {
+            n: make_scene(
+                MakeSceneConfig(output_dir=Path(tmp) / f"scene-{n}", num_objects=n, num_views=40,
+                                resolution=config.resolution, seed=config.seed),
+                progress=False,
+            )  # fmt: skip
+            for n in config.objects
+        }
+        first = scenes[config.objects[0]]
+        nerfacto = _in_subprocess(_measure, config, first, "nerfacto", Path(tmp), False, 0)
+        lift = _in_subprocess(_measure, config, first, "slow-fast", Path(tmp), False, 0)
+        results["ratio"] = {
+            "nerfacto_step_ms": nerfacto["step_ms"],
+            "contrastive_lift_step_ms": lift["step_ms"],
+            "ratio": lift["step_ms"] / nerfacto["step_ms"],
+            "nerfacto_peak_mb": nerfacto["peak_mb"],
+            "contrastive_lift_peak_mb": lift["peak_mb"],
+        }
+        results["instance_stage"] = [
+            {"method": method, "objects": n, **_in_subprocess(_measure, config, scenes[n], loss, Path(tmp), True, n)}
+            for method, loss in LOSSES.items()
+            for n in config.objects
+        ]
+        results.update(_in_subprocess(_cluster_and_render, config, first, Path(tmp)))
+    config.output_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(config.output_path, results)
+    print(markdown(results))
+    return results
+
+
+def _in_subprocess(fn, *args) -> Dict[str, Any]:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def _config(config: SpeedBenchmark, scene: Path, loss: str, output: Path, frozen: bool, objects: int):
+    """One model's trainer config; ``loss="nerfacto"`` gives plain nerfacto with the same grids and rays."""
+    trainer = trainer_config("speed", "slow-fast" if loss == "nerfacto" else loss, small=config.small)
+    trainer = quiet(trainer, output)
+    datamanager = trainer.pipeline.datamanager
+    datamanager.data = scene
+    datamanager.train_num_rays_per_batch = config.rays_per_step
+    model = trainer.pipeline.model
+    model.semantic_loss_start_step = model.instance_loss_start_step = 0
+    model.clustering.recluster_every = 0
+    model.freeze_scene = frozen
+    model.max_instances = max(objects, 1)
+    if loss == "nerfacto":
+        nerfacto_fields = {f.name: getattr(model, f.name) for f in fields(NerfactoModelConfig) if f.name != "_target"}
+        trainer.pipeline = VanillaPipelineConfig(
+            datamanager=VanillaDataManagerConfig(
+                dataparser=NerfstudioDataParserConfig(),
+                data=scene,
+                train_num_rays_per_batch=config.rays_per_step,
+                eval_num_rays_per_batch=config.rays_per_step,
+            ),
+            model=NerfactoModelConfig(**nerfacto_fields),
+        )
+    return trainer
+
+
+def _measure(
+    config: SpeedBenchmark, scene: Path, loss: str, output: Path, frozen: bool, objects: int
+) -> Dict[str, float]:
+    trainer = _config(config, scene, loss, output, frozen, objects)
+    with without_lpips():
+        run = train_timed(trainer, config.warmup + config.steps, warmup=config.warmup, save=False)
+    return {"step_ms": 1000 * run.median_step, "peak_mb": peak_memory_mb(trainer.machine.device_type)}
+
+
+def _cluster_and_render(config: SpeedBenchmark, scene: Path, output: Path) -> Dict[str, Any]:
+    """Trains a small model briefly (embeddings need some structure), then times clustering and rendering."""
+    trainer = _config(config, scene, "slow-fast", output, False, 0)
+    trainer.pipeline.model.semantic_loss_start_step, trainer.pipeline.model.instance_loss_start_step = 100, 200
+    run = train_timed(trainer, 600, save=False)
+    model = run.trainer.pipeline.model
+    model.eval()
+    clustering: List[Dict[str, float]] = []
+    for pixels in config.cluster_pixels:
+        stats = model.recluster(num_pixels=pixels)
+        clustering.append(
+            {"pixels": pixels, "render_s": stats["render_seconds"], "hdbscan_s": stats["seconds"] - stats["render_seconds"],
+             "objects": stats["objects"]}
+        )  # fmt: skip
+    camera = run.trainer.pipeline.datamanager.train_dataset.cameras[0:1].to(model.device)
+    rendering = []
+    for size in config.render_sizes:
+        view = copy.deepcopy(camera)
+        view.rescale_output_resolution(size / int(camera.width))
+        model.get_outputs_for_camera(view)  # warm-up
+        start = time.perf_counter()
+        repeats = 3
+        for _ in range(repeats):
+            model.get_outputs_for_camera(view)
+        rendering.append({"size": size, "fps": repeats / (time.perf_counter() - start)})
+    return {"clustering": clustering, "rendering": rendering}
+
+
+def markdown(results: Dict[str, Any]) -> str:
+    ratio = results["ratio"]
+    lines = [
+        f"Machine: {results['machine']}; date: {results['date']}",
+        f"Command: `{results['command']}`",
+        "",
+        f"- Step time, contrastive-lift / nerfacto: **{ratio['ratio']:.2f}** "
+        f"({ratio['contrastive_lift_step_ms']:.0f} ms / {ratio['nerfacto_step_ms']:.0f} ms; "
+        f"peak {ratio['contrastive_lift_peak_mb']:.0f} / {ratio['nerfacto_peak_mb']:.0f} MB)",
+        "",
+        "| instance stage | " + " | ".join(f"{n} objects" for n in sorted({r["objects"] for r in results["instance_stage"]})) + " | 500/25 |",
+        "|---|---|---|---|---|",
+    ]
+    for method in LOSSES:
+        rows = sorted((r for r in results["instance_stage"] if r["method"] == method), key=lambda r: r["objects"])
+        cells = [f"{r['step_ms']:.0f} ms, {r['peak_mb']:.0f} MB" for r in rows]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {rows[-1]['step_ms'] / rows[0]['step_ms']:.2f}× |")
+    lines += ["", "| clustering pixels | render | HDBSCAN | objects |", "|---|---|---|---|"]
+    for row in results["clustering"]:
+        lines.append(f"| {row['pixels']:,} | {row['render_s']:.1f} s | {row['hdbscan_s']:.1f} s | {row['objects']} |")
+    lines += ["", "| render `instance` | frames/s |", "|---|---|"]
+    lines += [f"| {r['size']}² | {r['fps']:.2f} |" for r in results["rendering"]]
+    return "\n".join(lines) + "\n"

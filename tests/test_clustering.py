@@ -1,0 +1,92 @@
+"""Clustering embeddings into objects, on hand-made embeddings."""
+
+from __future__ import annotations
+
+import torch
+
+from contrastive_lift_ns.clustering.instance_clusters import ClusteringConfig, InstanceClusters
+from contrastive_lift_ns.viewer.palette import embedding_colours, id_colours
+
+
+def _blobs(centres, per_blob=300, spread=0.05, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.tensor(centres, dtype=torch.float32)
+    points = centres.repeat_interleave(per_blob, 0) + torch.randn(len(centres) * per_blob, 3, generator=generator) * spread
+    return points, torch.arange(len(centres)).repeat_interleave(per_blob)
+
+
+def _clusters(**config) -> InstanceClusters:
+    return ClusteringConfig(**config).setup(thing_classes=(1, 2))
+
+
+def test_blobs_become_one_object_each_and_pixels_take_their_nearest_centroid():
+    points, blob = _blobs([[0, 0, 0], [3, 0, 0], [0, 3, 0], [0, 0, 3]])
+    clusters = _clusters(min_cluster_size=50)
+    stats = clusters.fit(points, torch.ones(len(points), dtype=torch.long))
+    assert stats[1]["clusters"] == 4
+    ids = clusters.assign(points, torch.ones(len(points), dtype=torch.long))
+    # one id per blob, four distinct ids
+    assert all(len(ids[blob == b].unique()) == 1 for b in range(4)) and len(ids.unique()) == 4
+
+
+def test_classes_are_clustered_separately_and_stuff_gets_zero():
+    points, blob = _blobs([[0, 0, 0], [3, 0, 0]])
+    classes = torch.where(blob == 0, 1, 2)
+    clusters = _clusters(min_cluster_size=50)
+    clusters.fit(points, classes)
+    assert sorted(clusters.classes.tolist()) == [1, 2]
+    # the same embedding gets a different object in another class, and nothing in a stuff class
+    probe = torch.zeros(3, 3)
+    ids = clusters.assign(probe, torch.tensor([1, 2, 0]))
+    assert ids[0] != ids[1] and ids[0] > 0 and ids[1] > 0 and ids[2] == 0
+
+
+def test_no_thing_pixels_or_a_single_cluster_do_not_crash():
+    points, _ = _blobs([[0, 0, 0]])
+    clusters = _clusters()
+    clusters.fit(points, torch.zeros(len(points), dtype=torch.long))  # all stuff
+    assert not clusters.fitted and (clusters.assign(points, torch.ones(len(points), dtype=torch.long)) == 0).all()
+    clusters.fit(points, torch.ones(len(points), dtype=torch.long))  # one object
+    assert len(clusters.ids) == 1
+    assert (clusters.assign(points, torch.ones(len(points), dtype=torch.long)) == clusters.ids[0]).all()
+
+
+def test_min_cluster_size_is_derived_from_the_sample_size():
+    clusters = _clusters(min_cluster_fraction=0.01)
+    assert clusters.min_cluster_size(50_000) == 500 and clusters.min_cluster_size(100) == 10
+    assert _clusters(min_cluster_size=7).min_cluster_size(50_000) == 7
+
+
+def test_centroids_of_any_number_survive_a_state_dict_round_trip():
+    points, _ = _blobs([[0, 0, 0], [3, 0, 0], [0, 3, 0]])
+    fitted = _clusters(min_cluster_size=50)
+    fitted.fit(points, torch.ones(len(points), dtype=torch.long))
+    fresh = _clusters()
+    assert not fresh.fitted
+    fresh.load_state_dict(fitted.state_dict())
+    assert torch.equal(fresh.centroids, fitted.centroids) and torch.equal(fresh.ids, fitted.ids)
+    assert torch.equal(fresh.classes, fitted.classes)
+
+
+def test_ids_stay_with_their_objects_when_reclustering():
+    points, blob = _blobs([[0, 0, 0], [3, 0, 0], [0, 3, 0]])
+    clusters = _clusters(min_cluster_size=50)
+    classes = torch.ones(len(points), dtype=torch.long)
+    clusters.fit(points, classes)
+    before = clusters.assign(points, classes)
+    moved, _ = _blobs([[0.1, 0, 0], [3, 0.1, 0], [0, 3, 0.1], [5, 5, 5]], seed=1)  # drift, plus a new object
+    clusters.fit(moved, torch.ones(len(moved), dtype=torch.long))
+    after = clusters.assign(points, classes)
+    assert torch.equal(before, after)
+    assert len(clusters.ids) == 4 and len(set(clusters.ids.tolist())) == 4
+
+
+def test_colours_are_fixed_per_id_and_per_embedding():
+    ids = torch.tensor([0, 1, 2, 300, 1])
+    colours = id_colours(ids)
+    assert torch.equal(colours[1], colours[4]) and not torch.equal(colours[1], colours[2])
+    assert torch.equal(colours, id_colours(ids.clone()))
+    assert (colours[3] != colours[0]).any()  # ids past the palette never wrap onto the background grey
+    embeddings = torch.randn(10, 3)
+    assert torch.equal(embedding_colours(embeddings), embedding_colours(embeddings.clone()))
+    assert embedding_colours(torch.randn(4, 8)).shape == (4, 3)

@@ -1,0 +1,145 @@
+"""A trained model's objects: consistent ids across views, PQ, checkpointed clusters, stable colours, cl-eval."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from nerfstudio.utils.eval_utils import eval_setup
+
+from contrastive_lift_ns.data.scene_format import read_label_map
+from contrastive_lift_ns.evaluation.panoptic_quality import panoptic_quality
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def pipeline(trained_run):
+    return eval_setup(trained_run.config, test_mode="test")[1]
+
+
+@pytest.fixture(scope="module")
+def test_views(pipeline):
+    """(outputs, batch) of every test view."""
+    views = []
+    for camera, batch in pipeline.datamanager.fixed_indices_eval_dataloader:
+        views.append((pipeline.model.get_outputs_for_camera(camera), batch))
+    return views
+
+
+def test_training_left_clusters_in_the_checkpoint(pipeline):
+    assert pipeline.model.clusters.fitted and len(pipeline.model.clusters.ids) >= 2
+
+
+def test_an_object_keeps_its_id_across_views(test_views):
+    """For each ground-truth object, the predicted id covering most of it in one view should be the same in
+    the other views far more often than chance."""
+    majority: dict = {}
+    predicted_ids = set()
+    for outputs, batch in test_views:
+        predicted = outputs["instance_id"][..., 0].long()
+        gt = batch["gt_instance"][..., 0]
+        predicted_ids |= set(predicted.unique().tolist()) - {0}
+        for obj in gt.unique().tolist():
+            pixels = predicted[gt == obj]
+            if obj and len(pixels) >= 15:
+                majority.setdefault(obj, []).append(int(pixels.mode().values))
+    pairs = [(a, b) for ids in majority.values() for i, a in enumerate(ids) for b in ids[i + 1 :]]
+    agreement = np.mean([a == b for a, b in pairs])
+    chance = 1 / max(len(predicted_ids), 1)
+    assert len(pairs) >= 10
+    assert agreement > 0.7 and agreement > 4 * chance, (agreement, chance)
+
+
+def test_pq_scene_clears_a_floor_and_beats_the_2d_segmenter(test_views, pipeline):
+    things = pipeline.model.scene_classes.thing_ids
+
+    def stack(source, key):
+        return np.stack([(o if source == "out" else b)[key][..., 0].long().numpy() for o, b in test_views])
+
+    gt = (stack("batch", "gt_semantics"), stack("batch", "gt_instance"))
+    lifted = panoptic_quality(stack("out", "semantic_class"), stack("out", "instance_id"), *gt, thing_classes=things)
+    segmenter = panoptic_quality(stack("batch", "semantics"), stack("batch", "segments"), *gt, thing_classes=things)
+    assert lifted.pq > 0.5, lifted
+    assert lifted.pq > segmenter.pq + 0.1
+
+
+def test_colours_are_stable_across_renders_and_reclustering(pipeline, test_views):
+    model = pipeline.model
+    camera = pipeline.datamanager.eval_dataset.cameras[0:1].to(model.device)
+    first = model.get_outputs_for_camera(camera)["instance"]
+    assert torch.equal(first, model.get_outputs_for_camera(camera)["instance"])
+    model.recluster(seed=123)  # other sampled pixels, same objects
+    again = model.get_outputs_for_camera(camera)["instance"]
+    same = (again == first).all(-1).float().mean()
+    assert same > 0.9, same
+
+
+def test_cl_eval_writes_metrics_and_renders_that_match_an_independent_pq(trained_run, tmp_path):
+    metrics_path, render_dir = tmp_path / "metrics.json", tmp_path / "renders"
+    result = subprocess.run(
+        [str(BIN / "cl-eval"), "--load-config", str(trained_run.config), "--output-path", str(metrics_path),
+         "--render-dir", str(render_dir)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(metrics_path.read_text())
+    for key in ("pq_scene", "sq_scene", "rq_scene", "pq_frame", "miou", "psnr", "segmenter_pq_frame",
+                "segmenter_pq_scene", "num_objects_pred", "num_objects_gt", "command", "config", "seconds"):  # fmt: skip
+        assert key in metrics
+    assert "pq_scene" in result.stdout
+    # recompute PQ^scene from the written id maps and the scene's own ground-truth files
+    meta = json.loads((trained_run.scene / "transforms.json").read_text())
+    frames = {f["file_path"]: f for f in meta["frames"]}
+    predicted_ids, predicted_classes, gt_ids, gt_classes = [], [], [], []
+    for name in meta["test_filenames"]:
+        stem = Path(name).stem
+        ids = np.array(Image.open(render_dir / "instance" / f"{stem}.png"))
+        assert ids.dtype == np.uint16
+        predicted_ids.append(ids)
+        predicted_classes.append(np.array(Image.open(render_dir / "semantics" / f"{stem}.png")))
+        gt_ids.append(read_label_map(trained_run.scene / frames[name]["gt_instance_path"]))
+        gt_classes.append(read_label_map(trained_run.scene / frames[name]["gt_semantics_path"]))
+        assert (render_dir / "rgb" / f"{stem}.png").exists()
+    independent = panoptic_quality(np.stack(predicted_classes), np.stack(predicted_ids), np.stack(gt_classes),
+                                   np.stack(gt_ids), thing_classes=[1])  # fmt: skip
+    assert independent.pq == pytest.approx(metrics["pq_scene"], abs=1e-9)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+
+
+def test_ns_eval_reports_pq_scene(trained_run, tmp_path):
+    result = _run(BIN / "ns-eval", "--load-config", trained_run.config, "--output-path", tmp_path / "eval.json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 0 < json.loads((tmp_path / "eval.json").read_text())["results"]["pq_scene"] <= 1
+
+
+def test_cl_eval_without_ground_truth_names_the_missing_key_and_still_reports_psnr(trained_run, tmp_path):
+    scene = tmp_path / "scene"
+    shutil.copytree(trained_run.scene, scene)
+    meta = json.loads((scene / "transforms.json").read_text())
+    for frame in meta["frames"]:
+        frame.pop("gt_instance_path"), frame.pop("gt_semantics_path")
+    (scene / "transforms.json").write_text(json.dumps(meta))
+    config = yaml.load(trained_run.config.read_text(), Loader=yaml.Loader)
+    config.pipeline.datamanager.data = config.pipeline.datamanager.dataparser.data = scene
+    (tmp_path / "config.yml").write_text(yaml.dump(config))
+    result = _run(BIN / "cl-eval", "--load-config", tmp_path / "config.yml", "--output-path", tmp_path / "m.json")
+    assert result.returncode != 0 and "gt_instance_path" in result.stderr
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["psnr"] > 10 and "pq_scene" not in metrics and metrics["missing_ground_truth"] == ["gt_instance_path"]

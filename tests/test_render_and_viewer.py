@@ -1,0 +1,120 @@
+"""Segmentation images and videos with ``ns-render``, and the live viewer in a real (headless) browser."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from contrastive_lift_ns.viewer.palette import PALETTE
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def _palette_colours(image: np.ndarray, min_pixels: int) -> int:
+    """How many palette colours (not the background grey) cover at least ``min_pixels`` of an RGB image."""
+    pixels = image.reshape(-1, 3).astype(np.int32)
+    palette = (PALETTE[1:].numpy() * 255).round().astype(np.int32)
+    distance = np.abs(pixels[:, None, :] - palette[None]).max(-1)
+    nearest = distance.argmin(-1)
+    close = distance.min(-1) <= 6
+    counts = np.bincount(nearest[close], minlength=len(palette))
+    return int((counts >= min_pixels).sum())
+
+
+def test_ns_render_dataset_writes_instance_images(trained_run, tmp_path):
+    result = subprocess.run(
+        [str(BIN / "ns-render"), "dataset", "--load-config", str(trained_run.config), "--split", "test",
+         "--rendered-output-names", "rgb", "instance", "raw-instance_id", "--output-path", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, env=ENV,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    instance_images = sorted((tmp_path / "test/instance").glob("*"))
+    assert len(instance_images) == 5
+    assert _palette_colours(np.array(Image.open(instance_images[0]).convert("RGB")), 10) >= 3
+    assert len(list((tmp_path / "test/raw-instance_id").glob("*.npy.gz"))) == 5
+
+
+def test_ns_render_interpolate_writes_a_segmentation_video(trained_run, tmp_path):
+    video = tmp_path / "segmentation.mp4"
+    result = subprocess.run(
+        [str(BIN / "ns-render"), "interpolate", "--load-config", str(trained_run.config), "--rendered-output-names",
+         "rgb", "instance", "--interpolation-steps", "2", "--output-path", str(video)],
+        capture_output=True, text=True, timeout=600, env=ENV,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert video.stat().st_size > 1000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.browser
+def test_viewer_shows_the_instance_output_in_chromium(trained_run, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and chromedriver, "Debian's chromium and chromium-driver are installed by `make test`"
+    port = _free_port()
+    viewer = subprocess.Popen(
+        [str(BIN / "ns-viewer"), "--load-config", str(trained_run.config), "--viewer.websocket-host", "127.0.0.1",
+         "--viewer.websocket-port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, start_new_session=True,
+    )  # fmt: skip
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1280,900", f"--user-data-dir={tmp_path / 'profile'}", "--enable-unsafe-swiftshader"):  # fmt: skip
+        options.add_argument(flag)
+    browser = None
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert viewer.poll() is None, "ns-viewer exited"
+                time.sleep(1)
+        browser = webdriver.Chrome(service=Service(chromedriver), options=options)
+        browser.get(f"http://127.0.0.1:{port}")
+        wait = WebDriverWait(browser, 120)
+        label = wait.until(lambda b: b.find_element(By.XPATH, "//label[text()='Output type']"))
+        browser.find_element(By.ID, label.get_attribute("for")).click()
+        option = wait.until(lambda b: [o for o in b.find_elements(By.XPATH, "//*[@role='option']") if o.text == "instance"])
+        option[0].click()
+        # the custom controls are there too
+        assert browser.find_elements(By.XPATH, "//*[text()='Recluster now']")
+        colours = 0
+        for _ in range(30):  # renders refine from a coarse first frame
+            time.sleep(3)
+            shot = tmp_path / "viewer.png"
+            browser.save_screenshot(str(shot))
+            render_area = np.array(Image.open(shot).convert("RGB"))[60:-10, :940]
+            colours = _palette_colours(render_area, 400)
+            if colours >= 3:
+                break
+        assert colours >= 3, f"only {colours} palette colours in the render area (see {shot})"
+    finally:
+        if browser is not None:
+            browser.quit()
+        os.killpg(viewer.pid, signal.SIGTERM)
+        viewer.wait(timeout=30)

@@ -1,0 +1,83 @@
+"""Training through nerfstudio: the installed ``ns-train`` entry point, checkpoints, resume, falling losses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nerfstudio.utils.eval_utils import eval_setup
+
+from contrastive_lift_ns.scripts.make_scene import MakeSceneConfig, make_scene
+
+from .conftest import train_in_process
+
+pytestmark = pytest.mark.slow
+NS_TRAIN = Path(sys.executable).parent / "ns-train"
+
+
+def _ns_train(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([str(NS_TRAIN), *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_ns_train_lists_the_methods():
+    result = _ns_train("--help")
+    assert result.returncode == 0
+    for method in ("contrastive-lift", "contrastive-lift-vanilla", "linear-assignment-lift", "contrastive-lift-small"):
+        assert method in result.stdout
+
+
+def test_ns_train_writes_a_checkpoint_and_resumes_from_it(tmp_path):
+    scene = make_scene(MakeSceneConfig(output_dir=tmp_path / "scene", num_objects=4, num_views=10, resolution=32), progress=False)
+    common = [
+        "--data", str(scene), "--output-dir", str(tmp_path / "out"), "--experiment-name", "e", "--vis", "tensorboard",
+        "--steps-per-save", "4", "--pipeline.model.semantic-loss-start-step", "1",
+        "--pipeline.model.instance-loss-start-step", "2", "--pipeline.model.clustering.num-pixels", "500",
+    ]  # fmt: skip
+    first = _ns_train("contrastive-lift-small", *common, "--timestamp", "a", "--max-num-iterations", "5")
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoints = tmp_path / "out/e/contrastive-lift-small/a/nerfstudio_models"
+    assert (checkpoints / "step-000000004.ckpt").exists()
+    second = _ns_train(
+        "contrastive-lift-small", *common, "--timestamp", "b", "--max-num-iterations", "3", "--load-dir", str(checkpoints)
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    # resuming continues the step count: 4 + 1 … 4 + 3
+    assert (tmp_path / "out/e/contrastive-lift-small/b/nerfstudio_models/step-000000007.ckpt").exists()
+
+
+def _instance_loss_on_fixed_batches(config: Path, step: int, batches: int = 12) -> float:
+    """The training instance loss of the checkpoint at ``step``, on the same batches for every checkpoint."""
+    def at_step(trainer_config):
+        trainer_config.load_step = step
+        return trainer_config
+
+    _, pipeline, _, _ = eval_setup(config, test_mode="val", update_config_callback=at_step)
+    pipeline.train()
+    model = pipeline.model
+    model.step = model.config.instance_loss_start_step
+    torch.manual_seed(0)
+    losses = []
+    with torch.no_grad():
+        for _ in range(batches):
+            ray_bundle, batch = pipeline.datamanager.next_train(0)
+            losses.append(float(model.get_loss_dict(model(ray_bundle), batch, {"distortion": 0})["instance_loss"]))
+    return float(np.mean(losses))
+
+
+def test_the_instance_loss_falls_during_a_short_training(tmp_path):
+    scene = make_scene(MakeSceneConfig(output_dir=tmp_path / "scene", num_objects=6, num_views=16, resolution=48), progress=False)
+    start = 150
+    config = train_in_process(
+        scene, tmp_path / "out", max_steps=450, semantic_loss_start_step=50, instance_loss_start_step=start,
+        steps_per_save=start - 1,
+    )  # fmt: skip
+    before = _instance_loss_on_fixed_batches(config, start - 1)
+    after = _instance_loss_on_fixed_batches(config, 449)
+    assert after < before - 0.1, (before, after)

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.field_components.field_heads import FieldHeadNames
@@ -33,6 +32,7 @@ from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from contrastive_lift_ns.clustering.instance_clusters import ClusteringConfig, InstanceClusters
+from contrastive_lift_ns.data.dataset import ContrastiveLiftDataset
 from contrastive_lift_ns.data.scene_format import SceneClasses
 from contrastive_lift_ns.fields.label_field import LabelField, LabelFieldConfig
 from contrastive_lift_ns.fields.slow_field import SlowField
@@ -121,7 +121,8 @@ class ContrastiveLiftModel(NerfactoModel):
             else None
         )
         self.clusters: InstanceClusters = self.config.clustering.setup(thing_classes=self.scene_classes.thing_ids)
-        self.training_cameras: Optional[Cameras] = None
+        self.training_views: Optional[ContrastiveLiftDataset] = None
+        self._cluster_pixels: Optional[Tuple[Tensor, Tensor, Tensor]] = None
         self.isolated_id = 0  # the viewer's selected object; 0 shows all
 
         from contrastive_lift_ns.viewer.controls import ClusteringControls  # the viewer imports the model
@@ -272,55 +273,60 @@ class ContrastiveLiftModel(NerfactoModel):
 
     # ---------------------------------------------------------------- clustering
 
-    def set_training_cameras(self, cameras: Cameras) -> None:
-        """The views whose pixels are sampled for clustering (set by the pipeline)."""
-        self.training_cameras = cameras
+    def set_training_views(self, dataset: ContrastiveLiftDataset) -> None:
+        """The views whose pixels are clustered (set by the pipeline)."""
+        self.training_views = dataset
+        self._cluster_pixels = None
 
-    def sample_training_rays(self, count: int, seed: int) -> RayBundle:
-        """Rays through ``count`` random points of the training views: a view uniformly at random, then a
-        point uniformly within it; ``camera_indices`` says which view."""
-        if self.training_cameras is None:
-            raise RuntimeError("no training cameras to sample pixels from (the pipeline sets them)")
-        cameras = self.training_cameras.to(self.device)
+    def _sample_pixels(self, count: int, seed: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """(view index, (y, x) coordinates, 2D segment id) of ``count`` random training pixels."""
+        cameras = self.training_views.cameras
         generator = torch.Generator().manual_seed(seed)
-        index = torch.randint(len(cameras), (count,), generator=generator)
-        yx = torch.rand(count, 2, generator=generator) * torch.cat(
-            [cameras.height[index], cameras.width[index]], dim=-1
-        ).cpu()
-        return cameras.generate_rays(camera_indices=index[:, None].to(self.device), coords=yx.to(self.device))
-
-    @torch.no_grad()
-    def render_rays(self, rays: RayBundle, on_chunk: Optional[Callable[[int], None]] = None) -> Dict[str, Tensor]:
-        """Eval-mode outputs for a flat bundle, in chunks of ``eval_num_rays_per_chunk``; ``on_chunk`` gets
-        each chunk's size (e.g. to advance a progress bar)."""
-        chunk = self.config.eval_num_rays_per_chunk
-        was_training = self.training
-        self.eval()
-        try:
-            outputs = []
-            for i in range(0, len(rays), chunk):
-                outputs.append(self.forward(rays[i : i + chunk]))
-                if on_chunk is not None:
-                    on_chunk(min(chunk, len(rays) - i))
-        finally:
-            self.train(was_training)
-        return {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
+        views = torch.randint(len(cameras), (count,), generator=generator)
+        size = torch.cat([cameras.height[views], cameras.width[views]], dim=-1)
+        yx = (torch.rand(count, 2, generator=generator) * size).floor()
+        segments = torch.zeros(count, dtype=torch.long)
+        for view in views.unique().tolist():  # one label map in memory at a time
+            here = views == view
+            pixel = yx[here].long()
+            segments[here] = self.training_views.segments_of(view)[pixel[:, 0], pixel[:, 1]]
+        return views, yx + 0.5, segments
 
     @torch.no_grad()
     def recluster(self, num_pixels: Optional[int] = None, seed: Optional[int] = None) -> Dict[str, Any]:
-        """Renders pixels sampled from the training views and re-fits the cluster centroids."""
+        """Renders pixels sampled from the training views and re-fits the cluster centroids.
+
+        By default the same ``clustering.num_pixels`` pixels every time (sampled once, with their 2D segments);
+        ``num_pixels`` or ``seed`` draw a new sample.
+        """
         if not self.uses_clustering:
             raise ValueError("linear-assignment-lift predicts instance ids directly; it has nothing to cluster")
+        if self.training_views is None:
+            raise RuntimeError("no training views to sample pixels from (the pipeline sets them)")
         start = time.perf_counter()
-        count = num_pixels or self.config.clustering.num_pixels
-        outputs = self.render_rays(self.sample_training_rays(count, self.step if seed is None else seed))
-        embeddings = outputs["instance_values"]
-        classes = outputs["semantic_logits"].argmax(-1)
+        if num_pixels is not None or seed is not None:
+            sample = self._sample_pixels(num_pixels or self.config.clustering.num_pixels, seed or 0)
+        else:
+            if self._cluster_pixels is None:
+                self._cluster_pixels = self._sample_pixels(self.config.clustering.num_pixels, 0)
+            sample = self._cluster_pixels
+        views, yx, segments = sample
+        cameras = self.training_views.cameras.to(self.device)
+        rays = cameras.generate_rays(camera_indices=views[:, None].to(self.device), coords=yx.to(self.device))
+        was_training = self.training
+        self.eval()
+        try:
+            chunk = self.config.eval_num_rays_per_chunk
+            outputs = [self.forward(rays[i : i + chunk]) for i in range(0, len(views), chunk)]
+        finally:
+            self.train(was_training)
+        embeddings = torch.cat([o["instance_values"] for o in outputs])
+        classes = torch.cat([o["semantic_logits"] for o in outputs]).argmax(-1)
         render_time = time.perf_counter() - start
-        stats = self.clusters.fit(embeddings, classes)
+        stats = self.clusters.fit(embeddings, classes, segments, views)
         total = time.perf_counter() - start
         CONSOLE.log(
-            f"Clustered {count} pixels into {len(self.clusters.ids)} objects in {total:.1f} s "
+            f"Clustered {len(views)} pixels into {len(self.clusters.ids)} objects in {total:.1f} s "
             f"(render {render_time:.1f} s, HDBSCAN {total - render_time:.1f} s)"
         )
         return {"per_class": stats, "objects": len(self.clusters.ids), "seconds": total, "render_seconds": render_time}

@@ -25,7 +25,7 @@ class ContrastiveLiftPipelineConfig(VanillaPipelineConfig):
 
 
 class ContrastiveLiftPipeline(VanillaPipeline):
-    """Hands the training cameras to the model, which samples their pixels for clustering, and adds the
+    """Hands the training views to the model, which samples their pixels for clustering, and adds the
     scene-level metrics (PQ^scene needs every view at once) to ``ns-eval``."""
 
     model: ContrastiveLiftModel
@@ -40,7 +40,7 @@ class ContrastiveLiftPipeline(VanillaPipeline):
         grad_scaler: Optional[GradScaler] = None,
     ) -> None:
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
-        self.model.set_training_cameras(self.datamanager.train_dataset.cameras)
+        self.model.set_training_views(self.datamanager.train_dataset)
 
     def get_average_eval_image_metrics(
         self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from contrastive_lift_ns.clustering.instance_clusters import ClusteringConfig, InstanceClusters
@@ -42,19 +43,33 @@ def test_classes_are_clustered_separately_and_stuff_gets_zero():
 
 
 def test_no_thing_pixels_or_a_single_cluster_do_not_crash():
-    points, _ = _blobs([[0, 0, 0]])
+    points, blob = _blobs([[0, 0, 0]])
     clusters = _clusters()
-    clusters.fit(points, torch.zeros(len(points), dtype=torch.long))  # all stuff
+    views, segments = torch.zeros_like(blob), blob + 1
+    clusters.fit(points, torch.zeros(len(points), dtype=torch.long), segments, views)  # all stuff
     assert not clusters.fitted and (clusters.assign(points, torch.ones(len(points), dtype=torch.long)) == 0).all()
-    clusters.fit(points, torch.ones(len(points), dtype=torch.long))  # one object
+    clusters.fit(points, torch.ones(len(points), dtype=torch.long), segments, views)  # one object
     assert len(clusters.ids) == 1
     assert (clusters.assign(points, torch.ones(len(points), dtype=torch.long)) == clusters.ids[0]).all()
 
 
-def test_min_cluster_size_is_derived_from_the_sample_size():
-    clusters = _clusters(min_cluster_fraction=0.01)
-    assert clusters.min_cluster_size(50_000) == 500 and clusters.min_cluster_size(100) == 10
-    assert _clusters(min_cluster_size=7).min_cluster_size(50_000) == 7
+def test_min_cluster_size_is_chosen_to_reproduce_the_2d_segments():
+    """Each object is two tight sub-blobs: a small min_cluster_size splits objects in two, which the 2D
+    segments (one per object per view) reject; the chosen size gives one cluster per object."""
+    centres = [[0, 0, 0], [4, 0, 0], [0, 4, 0], [0, 0, 4]]
+    halves = [[x + dx, y, z] for x, y, z in centres for dx in (0.0, 0.6)]
+    points, half = _blobs(halves, per_blob=250, spread=0.04)
+    obj = half // 2
+    views = torch.randint(0, 10, (len(points),), generator=torch.Generator().manual_seed(0))
+    segments = obj * 7 + views + 1  # arbitrary ids, new in every view
+    clusters = _clusters()
+    stats = clusters.fit(points, torch.ones(len(points), dtype=torch.long), segments, views)
+    assert stats[1]["clusters"] == 4 and stats[1]["f1"] > 0.95, stats
+    ids = clusters.assign(points, torch.ones(len(points), dtype=torch.long))
+    assert all(len(ids[obj == o].unique()) == 1 for o in range(4))
+    assert _clusters(min_cluster_size=20).fit(points, torch.ones(len(points), dtype=torch.long))[1]["clusters"] == 8
+    with pytest.raises(ValueError, match="2D segments"):
+        _clusters().fit(points, torch.ones(len(points), dtype=torch.long))
 
 
 def test_centroids_of_any_number_survive_a_state_dict_round_trip():

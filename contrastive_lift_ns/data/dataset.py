@@ -74,6 +74,13 @@ class ContrastiveLiftDataset(InputDataset):
             out["gt_semantics"] = gt_semantics if gt_semantics is not None else (gt_instance != 0).long()
         return out
 
+    def segments_of(self, idx: int) -> torch.Tensor:
+        """One image's 2D segment ids at its camera's resolution (H×W), without loading the image."""
+        camera = self.cameras[idx]
+        size = (int(camera.height), int(camera.width))
+        ids = sf.read_label_map(self.metadata["segments_filenames"][idx], str(self.image_filenames[idx]), "segments_path")
+        return _resize_nearest(torch.from_numpy(ids), size)[..., 0]
+
 
 def _resize_nearest(values: torch.Tensor, size: tuple) -> torch.Tensor:
     """H×W map → size[0]×size[1]×1, nearest-neighbour so ids stay ids."""

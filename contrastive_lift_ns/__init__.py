@@ -14,9 +14,10 @@ def _allow_numpy_in_checkpoints() -> None:
     Allowlisting these types keeps resume, ns-eval, ns-render and ns-viewer working without disabling the
     safe loader.
     """
-    core = getattr(np, "_core", None) or np.core  # numpy 2.x / 1.x
+    # numpy pickles its scalars through this function; its module moved between numpy 1.x and 2.x.
+    scalar_reconstructor = np.float64(0).__reduce__()[0]
     dtype_classes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
-    torch.serialization.add_safe_globals([core.multiarray.scalar, np.dtype, *dtype_classes])
+    torch.serialization.add_safe_globals([scalar_reconstructor, np.dtype, *dtype_classes])
 
 
 def _put_ffmpeg_on_path() -> None:

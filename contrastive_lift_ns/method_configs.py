@@ -12,7 +12,6 @@ All train on the GPU when there is one and on the CPU otherwise.
 from __future__ import annotations
 
 import torch
-
 from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig

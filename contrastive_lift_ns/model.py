@@ -17,12 +17,10 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Type
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.field_components.field_heads import FieldHeadNames
@@ -30,6 +28,7 @@ from nerfstudio.field_components.spatial_distortions import SceneContraction
 from nerfstudio.model_components.losses import scale_gradients_by_distance_squared
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor, nn
 
 from contrastive_lift_ns.clustering.instance_clusters import ClusteringConfig, InstanceClusters
 from contrastive_lift_ns.data.dataset import ContrastiveLiftDataset
@@ -355,14 +354,16 @@ class ContrastiveLiftModel(NerfactoModel):
             return {"instance_loss": mult * linear_assignment_loss(logits, labels, confidence)}
         if self.config.instance_loss == "vanilla":
             embeddings = outputs["instance_values"].view(*labels.shape, -1)
-            return {"instance_loss": mult * vanilla_contrastive_loss(embeddings, labels, self.config.contrastive_temperature)}
+            return {
+                "instance_loss": mult
+                * vanilla_contrastive_loss(embeddings, labels, self.config.contrastive_temperature)
+            }
         fast = outputs["fast_embedding"].view(labels.shape[0], per_image // 2, -1)
         slow = outputs["slow_embedding"].view(labels.shape[0], per_image // 2, -1)
         fast_labels, slow_labels = labels[:, 0::2], labels[:, 1::2]
         return {
-            "instance_loss": mult * slow_fast_contrastive_loss(
-                fast, slow, fast_labels, slow_labels, self.config.contrastive_temperature
-            ),
+            "instance_loss": mult
+            * slow_fast_contrastive_loss(fast, slow, fast_labels, slow_labels, self.config.contrastive_temperature),
             "concentration_loss": self.config.concentration_loss_mult
             * concentration_loss(fast, slow, fast_labels, slow_labels, confidence[:, 0::2]),
         }
@@ -372,7 +373,9 @@ class ContrastiveLiftModel(NerfactoModel):
     ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
         metrics, images = super().get_image_metrics_and_images(outputs, batch)
         metrics.pop("lpips")  # disabled: its weights would be downloaded
-        images["semantics"] = torch.cat([id_colours(batch["semantics"][..., 0]).to(self.device), outputs["semantics"]], 1)
+        images["semantics"] = torch.cat(
+            [id_colours(batch["semantics"][..., 0]).to(self.device), outputs["semantics"]], 1
+        )
         if "instance" in outputs:
             images["instance"] = outputs["instance"]
         return metrics, images

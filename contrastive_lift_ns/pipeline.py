@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Dict, Literal, Optional, Type
 
 import torch
-from torch.cuda.amp.grad_scaler import GradScaler
-
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from torch.cuda.amp.grad_scaler import GradScaler
 
 from contrastive_lift_ns.evaluation.scene_evaluation import evaluate
 from contrastive_lift_ns.model import ContrastiveLiftModel

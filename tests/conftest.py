@@ -10,9 +10,8 @@ from typing import Optional
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from nerfstudio.scripts.train import train_loop
+from PIL import Image
 
 from contrastive_lift_ns.method_configs import contrastive_lift_small
 from contrastive_lift_ns.scripts.make_scene import MakeSceneConfig, make_scene

@@ -12,7 +12,9 @@ from contrastive_lift_ns.viewer.palette import embedding_colours, id_colours
 def _blobs(centres, per_blob=300, spread=0.05, seed=0):
     generator = torch.Generator().manual_seed(seed)
     centres = torch.tensor(centres, dtype=torch.float32)
-    points = centres.repeat_interleave(per_blob, 0) + torch.randn(len(centres) * per_blob, 3, generator=generator) * spread
+    points = (
+        centres.repeat_interleave(per_blob, 0) + torch.randn(len(centres) * per_blob, 3, generator=generator) * spread
+    )
     return points, torch.arange(len(centres)).repeat_interleave(per_blob)
 
 

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
-
 from nerfstudio.utils.eval_utils import eval_setup
+from PIL import Image
 
 from contrastive_lift_ns.data.scene_format import read_label_map
 from contrastive_lift_ns.evaluation.panoptic_quality import panoptic_quality
@@ -96,7 +95,8 @@ def test_cl_eval_writes_metrics_and_renders_that_match_an_independent_pq(trained
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(metrics_path.read_text())
     for key in ("pq_scene", "sq_scene", "rq_scene", "pq_frame", "miou", "psnr", "segmenter_pq_frame",
-                "segmenter_pq_scene", "num_objects_pred", "num_objects_gt", "command", "config", "seconds"):  # fmt: skip
+                "segmenter_pq_scene", "num_objects_pred", "num_objects_gt", "command", "config",
+                "seconds"):  # fmt: skip
         assert key in metrics
     assert "pq_scene" in result.stdout
     # recompute PQ^scene from the written id maps and the scene's own ground-truth files
@@ -142,4 +142,6 @@ def test_cl_eval_without_ground_truth_names_the_missing_key_and_still_reports_ps
     result = _run(BIN / "cl-eval", "--load-config", tmp_path / "config.yml", "--output-path", tmp_path / "m.json")
     assert result.returncode != 0 and "gt_instance_path" in result.stderr
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert metrics["psnr"] > 10 and "pq_scene" not in metrics and metrics["missing_ground_truth"] == ["gt_instance_path"]
+    assert (
+        metrics["psnr"] > 10 and "pq_scene" not in metrics and metrics["missing_ground_truth"] == ["gt_instance_path"]
+    )

@@ -52,7 +52,9 @@ def test_losses_ignore_how_an_image_numbers_its_segments():
     fast, slow = embeddings[:, 0::2], embeddings[:, 1::2] + 0.1
     confidence = torch.rand(LABELS[:, 0::2].shape)
     for labels_a, labels_b in [(LABELS, relabelled)]:
-        assert torch.allclose(vanilla_contrastive_loss(embeddings, labels_a), vanilla_contrastive_loss(embeddings, labels_b))
+        assert torch.allclose(
+            vanilla_contrastive_loss(embeddings, labels_a), vanilla_contrastive_loss(embeddings, labels_b)
+        )
         assert torch.allclose(
             slow_fast_contrastive_loss(fast, slow, labels_a[:, 0::2], labels_a[:, 1::2]),
             slow_fast_contrastive_loss(fast, slow, labels_b[:, 0::2], labels_b[:, 1::2]),
@@ -110,7 +112,10 @@ def test_slow_fast_loss_sends_no_gradient_to_the_slow_embeddings():
     fast = torch.randn(2, 6, 3, requires_grad=True)
     slow = torch.randn(2, 6, 3, requires_grad=True)
     labels = torch.tensor([[1, 2, 3, 1, 2, 3]] * 2)
-    (slow_fast_contrastive_loss(fast, slow, labels, labels) + concentration_loss(fast, slow, labels, labels, torch.ones(2, 6))).backward()
+    (
+        slow_fast_contrastive_loss(fast, slow, labels, labels)
+        + concentration_loss(fast, slow, labels, labels, torch.ones(2, 6))
+    ).backward()
     assert slow.grad is None and fast.grad.abs().sum() > 0
 
 

@@ -6,7 +6,6 @@ import socket
 
 import pytest
 import torch
-
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
 
@@ -59,8 +58,14 @@ def test_label_losses_send_no_gradient_to_density_or_colour(instance_loss):
         "confidence": torch.ones(64, 1),
         "rays_per_image": 32,
     }
-    losses = model.get_loss_dict(outputs, {**batch, "image": torch.rand(64, 3)}, model.get_metrics_dict(outputs, batch | {"image": torch.rand(64, 3)}))
-    label_loss = sum(value for key, value in losses.items() if key in ("semantic_loss", "instance_loss", "concentration_loss"))
+    losses = model.get_loss_dict(
+        outputs,
+        {**batch, "image": torch.rand(64, 3)},
+        model.get_metrics_dict(outputs, batch | {"image": torch.rand(64, 3)}),
+    )
+    label_loss = sum(
+        value for key, value in losses.items() if key in ("semantic_loss", "instance_loss", "concentration_loss")
+    )
     label_loss.backward()
     scene = list(model.field.parameters()) + list(model.proposal_networks.parameters())
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in scene)

@@ -82,7 +82,8 @@ def test_viewer_shows_the_instance_output_in_chromium(trained_run, tmp_path):
     options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1280,900", f"--user-data-dir={tmp_path / 'profile'}", "--enable-unsafe-swiftshader"):  # fmt: skip
+                 "--window-size=1280,900", f"--user-data-dir={tmp_path / 'profile'}",
+                 "--enable-unsafe-swiftshader"):  # fmt: skip
         options.add_argument(flag)
     browser = None
     try:
@@ -99,7 +100,9 @@ def test_viewer_shows_the_instance_output_in_chromium(trained_run, tmp_path):
         wait = WebDriverWait(browser, 120)
         label = wait.until(lambda b: b.find_element(By.XPATH, "//label[text()='Output type']"))
         browser.find_element(By.ID, label.get_attribute("for")).click()
-        option = wait.until(lambda b: [o for o in b.find_elements(By.XPATH, "//*[@role='option']") if o.text == "instance"])
+        option = wait.until(
+            lambda b: [o for o in b.find_elements(By.XPATH, "//*[@role='option']") if o.text == "instance"]
+        )
         option[0].click()
         # the custom controls are there too
         assert browser.find_elements(By.XPATH, "//*[text()='Recluster now']")

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from nerfstudio.utils.eval_utils import eval_setup
 
 from contrastive_lift_ns.scripts.make_scene import MakeSceneConfig, make_scene
@@ -34,7 +33,9 @@ def test_ns_train_lists_the_methods():
 
 
 def test_ns_train_writes_a_checkpoint_and_resumes_from_it(tmp_path):
-    scene = make_scene(MakeSceneConfig(output_dir=tmp_path / "scene", num_objects=4, num_views=10, resolution=32), progress=False)
+    scene = make_scene(
+        MakeSceneConfig(output_dir=tmp_path / "scene", num_objects=4, num_views=10, resolution=32), progress=False
+    )
     common = [
         "--data", str(scene), "--output-dir", str(tmp_path / "out"), "--experiment-name", "e", "--vis", "tensorboard",
         "--steps-per-save", "4", "--pipeline.model.semantic-loss-start-step", "1",
@@ -45,7 +46,14 @@ def test_ns_train_writes_a_checkpoint_and_resumes_from_it(tmp_path):
     checkpoints = tmp_path / "out/e/contrastive-lift-small/a/nerfstudio_models"
     assert (checkpoints / "step-000000004.ckpt").exists()
     second = _ns_train(
-        "contrastive-lift-small", *common, "--timestamp", "b", "--max-num-iterations", "3", "--load-dir", str(checkpoints)
+        "contrastive-lift-small",
+        *common,
+        "--timestamp",
+        "b",
+        "--max-num-iterations",
+        "3",
+        "--load-dir",
+        str(checkpoints),
     )
     assert second.returncode == 0, second.stderr[-3000:]
     # resuming continues the step count: 4 + 1 … 4 + 3
@@ -54,6 +62,7 @@ def test_ns_train_writes_a_checkpoint_and_resumes_from_it(tmp_path):
 
 def _instance_loss_on_fixed_batches(config: Path, step: int, batches: int = 12) -> float:
     """The training instance loss of the checkpoint at ``step``, on the same batches for every checkpoint."""
+
     def at_step(trainer_config):
         trainer_config.load_step = step
         return trainer_config
@@ -72,7 +81,9 @@ def _instance_loss_on_fixed_batches(config: Path, step: int, batches: int = 12) 
 
 
 def test_the_instance_loss_falls_during_a_short_training(tmp_path):
-    scene = make_scene(MakeSceneConfig(output_dir=tmp_path / "scene", num_objects=6, num_views=16, resolution=48), progress=False)
+    scene = make_scene(
+        MakeSceneConfig(output_dir=tmp_path / "scene", num_objects=6, num_views=16, resolution=48), progress=False
+    )
     start = 150
     config = train_in_process(
         scene, tmp_path / "out", max_steps=450, semantic_loss_start_step=50, instance_loss_start_step=start,

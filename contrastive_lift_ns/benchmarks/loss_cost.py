@@ -53,29 +53,33 @@ class LossCostBenchmark:
         return _run(self.labels, self.images, self.rays_per_image, self.dim, self.repeats, self.device)
 
 
+def _time_losses(
+    count: int, images: int, rays_per_image: int, dim: int, repeats: int, device: str, generator: torch.Generator
+) -> Dict[str, Any]:
+    """Milliseconds per forward and backward of each loss, with ``count`` labels per image."""
+    segment = torch.randint(1, count + 1, (images, rays_per_image), generator=generator).to(device)
+    embeddings = torch.randn(images, rays_per_image, dim, generator=generator).to(device).requires_grad_(True)
+    logits = torch.randn(images, rays_per_image, count, generator=generator).to(device).requires_grad_(True)
+    confidence = torch.ones(images, rays_per_image, device=device)
+    fast, slow = embeddings[:, 0::2], embeddings[:, 1::2].detach()
+    fast_labels, slow_labels = segment[:, 0::2], segment[:, 1::2]
+    losses = {
+        "slow_fast_ms": lambda: (
+            slow_fast_contrastive_loss(fast, slow, fast_labels, slow_labels)
+            + concentration_loss(fast, slow, fast_labels, slow_labels, confidence[:, 0::2])
+        ),
+        "vanilla_ms": lambda: vanilla_contrastive_loss(embeddings, segment),
+        "linear_assignment_ms": lambda: linear_assignment_loss(logits, segment, confidence),
+    }
+    row: Dict[str, Any] = {"labels_per_image": count}
+    for name, loss in losses.items():
+        row[name] = 1000 * _time(lambda loss=loss: loss().backward(), repeats, device)
+    return row
+
+
 def _run(labels, images: int, rays_per_image: int, dim: int, repeats: int, device: str) -> List[Dict[str, Any]]:
     generator = torch.Generator().manual_seed(0)
-    rows = []
-    for count in labels:
-        segment = torch.randint(1, count + 1, (images, rays_per_image), generator=generator).to(device)
-        embeddings = torch.randn(images, rays_per_image, dim, generator=generator).to(device).requires_grad_(True)
-        logits = torch.randn(images, rays_per_image, count, generator=generator).to(device).requires_grad_(True)
-        confidence = torch.ones(images, rays_per_image, device=device)
-        fast, slow = embeddings[:, 0::2], embeddings[:, 1::2].detach()
-
-        def slow_fast() -> None:
-            loss = slow_fast_contrastive_loss(fast, slow, segment[:, 0::2], segment[:, 1::2])
-            loss = loss + concentration_loss(fast, slow, segment[:, 0::2], segment[:, 1::2], confidence[:, 0::2])
-            loss.backward()
-
-        row = {
-            "labels_per_image": count,
-            "slow_fast_ms": 1000 * _time(slow_fast, repeats, device),
-            "vanilla_ms": 1000 * _time(lambda: vanilla_contrastive_loss(embeddings, segment).backward(), repeats, device),
-            "linear_assignment_ms": 1000
-            * _time(lambda: linear_assignment_loss(logits, segment, confidence).backward(), repeats, device),
-        }
-        rows.append(row)
+    rows = [_time_losses(count, images, rays_per_image, dim, repeats, device, generator) for count in labels]
     print(f"Instance losses, K={images} images x N={rays_per_image} rays, D={dim}, {device} (ms per forward+backward)")
     print(f"{'labels/image':>12} {'slow-fast+conc.':>16} {'vanilla':>10} {'linear assign.':>15}")
     for row in rows:

@@ -42,9 +42,9 @@ class MakeSceneBenchmark:
             seconds = time.perf_counter() - start
             megabytes = sum(p.stat().st_size for p in config.output_dir.rglob("*") if p.is_file()) / 2**20
         print(
-            f"cl-make-scene: {self.num_objects} objects x {self.num_views} views at {self.resolution}x{self.resolution}:"
-            f" {seconds:.1f} s ({1000 * seconds / self.num_views:.0f} ms/view, {megabytes:.1f} MB, "
-            f"{os.cpu_count()} CPU cores)"
+            f"cl-make-scene: {self.num_objects} objects x {self.num_views} views at "
+            f"{self.resolution}x{self.resolution}: {seconds:.1f} s ({1000 * seconds / self.num_views:.0f} ms/view, "
+            f"{megabytes:.1f} MB, {os.cpu_count()} CPU cores)"
         )
         return {
             "num_objects": self.num_objects,

@@ -23,8 +23,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-import torch
-
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.models.nerfacto import NerfactoModelConfig
@@ -36,7 +34,11 @@ from contrastive_lift_ns.method_configs import trainer_config
 from contrastive_lift_ns.model import without_lpips
 from contrastive_lift_ns.scripts.make_scene import MakeSceneConfig, make_scene
 
-LOSSES = {"contrastive-lift": "slow-fast", "contrastive-lift-vanilla": "vanilla", "linear-assignment-lift": "linear-assignment"}
+LOSSES = {
+    "contrastive-lift": "slow-fast",
+    "contrastive-lift-vanilla": "vanilla",
+    "linear-assignment-lift": "linear-assignment",
+}
 
 
 @dataclass
@@ -78,8 +80,13 @@ def _run(config: SpeedBenchmark) -> Dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cl-bench-speed-") as tmp:
         scenes = {
             n: make_scene(
-                MakeSceneConfig(output_dir=Path(tmp) / f"scene-{n}", num_objects=n, num_views=40,
-                                resolution=config.resolution, seed=config.seed),
+                MakeSceneConfig(
+                    output_dir=Path(tmp) / f"scene-{n}",
+                    num_objects=n,
+                    num_views=40,
+                    resolution=config.resolution,
+                    seed=config.seed,
+                ),
                 progress=False,
             )  # fmt: skip
             for n in config.objects
@@ -156,10 +163,15 @@ def _cluster_and_render(config: SpeedBenchmark, scene: Path, output: Path) -> Di
     clustering: List[Dict[str, float]] = []
     for pixels in config.cluster_pixels:
         stats = model.recluster(num_pixels=pixels)
+        hdbscan_seconds = stats["seconds"] - stats["render_seconds"]
         clustering.append(
-            {"pixels": pixels, "render_s": stats["render_seconds"], "hdbscan_s": stats["seconds"] - stats["render_seconds"],
-             "objects": stats["objects"]}
-        )  # fmt: skip
+            {
+                "pixels": pixels,
+                "render_s": stats["render_seconds"],
+                "hdbscan_s": hdbscan_seconds,
+                "objects": stats["objects"],
+            }
+        )
     camera = run.trainer.pipeline.datamanager.train_dataset.cameras[0:1].to(model.device)
     rendering = []
     for size in config.render_sizes:
@@ -184,7 +196,9 @@ def markdown(results: Dict[str, Any]) -> str:
         f"({ratio['contrastive_lift_step_ms']:.0f} ms / {ratio['nerfacto_step_ms']:.0f} ms; "
         f"peak {ratio['contrastive_lift_peak_mb']:.0f} / {ratio['nerfacto_peak_mb']:.0f} MB)",
         "",
-        "| instance stage | " + " | ".join(f"{n} objects" for n in sorted({r["objects"] for r in results["instance_stage"]})) + " | 500/25 |",
+        "| instance stage | "
+        + " | ".join(f"{n} objects" for n in sorted({r["objects"] for r in results["instance_stage"]}))
+        + " | 500/25 |",
         "|---|---|---|---|---|",
     ]
     for method in LOSSES:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import List
 
 import torch
-
 from nerfstudio.engine.callbacks import TrainingCallbackLocation
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils import writer

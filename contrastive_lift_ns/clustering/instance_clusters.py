@@ -37,11 +37,10 @@ import hdbscan
 import numpy as np
 import torch
 from jaxtyping import Float, Int
+from nerfstudio.configs.base_config import InstantiateConfig
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 from torch import Tensor, nn
-
-from nerfstudio.configs.base_config import InstantiateConfig
 
 _SIZE_FRACTIONS = tuple(0.0005 * 2**k for k in range(9))  # 0.05 % … 12.8 %
 
@@ -82,9 +81,9 @@ class InstanceClusters(nn.Module):
     def fit(
         self,
         embeddings: Float[Tensor, "M D"],
-        classes: Int[Tensor, "M"],
-        segments: Optional[Int[Tensor, "M"]] = None,
-        views: Optional[Int[Tensor, "M"]] = None,
+        classes: Int[Tensor, "M"],  # noqa: F821 (a jaxtyping shape, not a name)
+        segments: Optional[Int[Tensor, "M"]] = None,  # noqa: F821
+        views: Optional[Int[Tensor, "M"]] = None,  # noqa: F821
     ) -> Dict[str, Any]:
         """Replaces the centroids with those of a new clustering; returns per-class statistics.
 

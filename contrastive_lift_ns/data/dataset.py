@@ -7,7 +7,6 @@ from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
-
 from nerfstudio.data.datasets.base_dataset import InputDataset
 
 from contrastive_lift_ns.data import scene_format as sf
@@ -34,7 +33,8 @@ class ContrastiveLiftDataset(InputDataset):
 
     Without a semantics file, pixels with a segment id are class 1 and all others class 0; without a
     confidence file, confidence is 1. Eval splits also load ``gt_instance`` and ``gt_semantics`` when the
-    scene has them (ground-truth semantics default the same way from the ground-truth instances). Label maps are resized to the loaded image with nearest-neighbour sampling.
+    scene has them (ground-truth semantics default the same way from the ground-truth instances). Label maps
+    are resized to the loaded image with nearest-neighbour sampling.
     """
 
     # An own list: the datamanager edits the base class's list in place.
@@ -78,7 +78,9 @@ class ContrastiveLiftDataset(InputDataset):
         """One image's 2D segment ids at its camera's resolution (H×W), without loading the image."""
         camera = self.cameras[idx]
         size = (int(camera.height), int(camera.width))
-        ids = sf.read_label_map(self.metadata["segments_filenames"][idx], str(self.image_filenames[idx]), "segments_path")
+        ids = sf.read_label_map(
+            self.metadata["segments_filenames"][idx], str(self.image_filenames[idx]), "segments_path"
+        )
         return _resize_nearest(torch.from_numpy(ids), size)[..., 0]
 
 

@@ -22,12 +22,11 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
-
 from nerfstudio.cameras import camera_utils
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
 from nerfstudio.data.scene_box import SceneBox
+from PIL import Image
 
 from contrastive_lift_ns.data import scene_format as sf
 from contrastive_lift_ns.data.dataset import label_metadata, split_label_keys

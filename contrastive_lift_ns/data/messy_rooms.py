@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from typing import Type
 
 import numpy as np
-from scipy.spatial.transform import Rotation
-
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
+from scipy.spatial.transform import Rotation
 
 from contrastive_lift_ns.data import scene_format as sf
 from contrastive_lift_ns.data.layouts import (

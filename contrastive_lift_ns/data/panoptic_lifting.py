@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Dict, List, Tuple, Type
 
 import numpy as np
-
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
 from contrastive_lift_ns.data import scene_format as sf

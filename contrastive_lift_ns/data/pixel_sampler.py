@@ -13,9 +13,8 @@ from typing import Dict, Optional, Type, Union
 
 import torch
 from jaxtyping import Int
-from torch import Tensor
-
 from nerfstudio.data.pixel_samplers import PixelSampler, PixelSamplerConfig
+from torch import Tensor
 
 
 @dataclass

@@ -94,7 +94,8 @@ def read_label_map(path: Path, frame: Optional[str] = None, what: str = "label m
     if image.mode not in _INTEGER_PNG_MODES:
         raise SceneFormatError(
             f"{_where(path, frame)}: {what} must be a single-channel 8/16-bit integer image, got PIL mode "
-            f"'{image.mode}'" + (" (an RGB or palette image is not an id map)" if image.mode in ("RGB", "RGBA", "P") else "")
+            f"'{image.mode}'"
+            + (" (an RGB or palette image is not an id map)" if image.mode in ("RGB", "RGBA", "P") else "")
         )
     return _squeeze_channel(np.asarray(image), path, frame, what).astype(np.int64)
 
@@ -272,6 +273,5 @@ def check_same_size(shape: Sequence[int], expected: Sequence[int], path: Path, f
     """Raises if a label map's (H, W) differs from its image's."""
     if tuple(shape[:2]) != tuple(expected[:2]):
         raise SceneFormatError(
-            f"{_where(path, frame)}: {what} is {shape[1]}×{shape[0]} (W×H) but its image is "
-            f"{expected[1]}×{expected[0]}"
+            f"{_where(path, frame)}: {what} is {shape[1]}×{shape[0]} (W×H) but its image is {expected[1]}×{expected[0]}"
         )

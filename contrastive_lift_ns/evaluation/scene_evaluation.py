@@ -75,7 +75,9 @@ def evaluate(
 def _scene_metrics(prediction: _Maps, ground_truth: _Maps, segmenter: _Maps, classes: SceneClasses) -> Dict[str, float]:
     common = {"thing_classes": classes.thing_ids, "void_class": classes.void_id}
     gt = (ground_truth.semantics, ground_truth.instances)
-    scene = panoptic_quality(np.stack(prediction.semantics), np.stack(prediction.instances), *map(np.stack, gt), **common)
+    scene = panoptic_quality(
+        np.stack(prediction.semantics), np.stack(prediction.instances), *map(np.stack, gt), **common
+    )
     frame = per_frame_panoptic_quality(prediction.semantics, prediction.instances, *gt, **common)
     segmenter_scene = panoptic_quality(
         np.stack(segmenter.semantics), np.stack(segmenter.instances), *map(np.stack, gt), **common

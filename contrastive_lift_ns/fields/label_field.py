@@ -12,12 +12,11 @@ from typing import Literal, Optional, Type
 
 import torch
 from jaxtyping import Float
-from torch import Tensor, nn
-
 from nerfstudio.configs.base_config import InstantiateConfig
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.field_components.mlp import MLPWithHashEncoding
 from nerfstudio.field_components.spatial_distortions import SpatialDistortion
+from torch import Tensor, nn
 
 
 @dataclass

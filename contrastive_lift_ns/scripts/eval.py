@@ -2,12 +2,12 @@
 
 Example::
 
-    cl-eval --load-config outputs/scene/contrastive-lift/<run>/config.yml --output-path metrics.json --render-dir renders
+    cl-eval --load-config outputs/scene/contrastive-lift/<run>/config.yml --output-path metrics.json \\
+        --render-dir renders
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -17,11 +17,10 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 import tyro
-from PIL import Image
-from rich.table import Table
-
 from nerfstudio.utils.eval_utils import eval_setup
 from nerfstudio.utils.rich_utils import CONSOLE
+from PIL import Image
+from rich.table import Table
 
 from contrastive_lift_ns.data.scene_format import atomic_output_dir, atomic_write_json, write_label_map
 from contrastive_lift_ns.evaluation.scene_evaluation import evaluate, missing_ground_truth

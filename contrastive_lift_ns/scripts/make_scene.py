@@ -8,7 +8,6 @@ Example::
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -19,7 +18,6 @@ import tyro
 from PIL import Image
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from contrastive_lift_ns.data.scene_format import (
     CONFIDENCE_KEY,
@@ -42,6 +40,7 @@ from contrastive_lift_ns.scenes.segmenter_noise import (
     classical_segments,
     simulate_segments,
 )
+from contrastive_lift_ns.scripts.cli import progress_bar, run_command
 from contrastive_lift_ns.viewer.images import contact_sheet, id_image
 
 CONSOLE = Console(width=120)
@@ -143,14 +142,7 @@ def make_scene(config: MakeSceneConfig, progress: bool = True) -> Path:
         )
         frames: List[Dict[str, Any]] = []
         previews = []
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=CONSOLE, disable=not progress) as bar:
+        with progress_bar(disable=not progress) as bar:
             task = bar.add_task("Rendering views", total=config.num_views)
             for index in range(config.num_views):
                 view = renderer.render(index)
@@ -179,11 +171,7 @@ def make_scene(config: MakeSceneConfig, progress: bool = True) -> Path:
 def entrypoint() -> None:
     """Entry point of the ``cl-make-scene`` command."""
     config = tyro.cli(MakeSceneConfig)
-    try:
-        make_scene(config)
-    except (MakeSceneError, FileExistsError) as err:
-        CONSOLE.print(f"[bold red]cl-make-scene: error:[/bold red] {escape(str(err))}")
-        sys.exit(2)
+    run_command("cl-make-scene", lambda: make_scene(config), (MakeSceneError, FileExistsError))
 
 
 def _check(config: MakeSceneConfig) -> None:

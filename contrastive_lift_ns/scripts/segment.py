@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,9 +30,9 @@ import tyro
 from PIL import Image
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from contrastive_lift_ns.data import scene_format as sf
+from contrastive_lift_ns.scripts.cli import progress_bar, run_command
 from contrastive_lift_ns.segmenters import Segmenter, SegmenterError, Segments
 
 CONSOLE = Console(width=120)
@@ -85,15 +84,8 @@ def segment(config: SegmentConfig, progress: bool = True) -> Path:
     names = _map_names(images)
     segmenter = _load(config, device)
     folder = f"cl-segment-{config.segmenter}"
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
     with sf.atomic_output_dir(root / folder, overwrite=True) as out:
-        with Progress(*columns, console=CONSOLE, disable=not progress) as bar:
+        with progress_bar(disable=not progress) as bar:
             task = bar.add_task(f"Segmenting with {config.segmenter}", total=len(images))
             for indices, batch in _batches(images, config.batch_size):
                 for index, maps in zip(indices, segmenter.segment(batch)):
@@ -119,11 +111,7 @@ def segment(config: SegmentConfig, progress: bool = True) -> Path:
 def entrypoint() -> None:
     """Entry point of the ``cl-segment`` command."""
     config = tyro.cli(SegmentConfig)
-    try:
-        segment(config)
-    except (SegmentError, SegmenterError) as err:
-        CONSOLE.print(f"[bold red]cl-segment: error:[/bold red] {escape(str(err))}")
-        sys.exit(2)
+    run_command("cl-segment", lambda: segment(config), (SegmentError, SegmenterError))
 
 
 def _check(config: SegmentConfig) -> str:

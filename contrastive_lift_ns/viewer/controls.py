@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
-
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerClick, ViewerControl, ViewerNumber, ViewerSlider
+from torch import nn
 
 if TYPE_CHECKING:
     from contrastive_lift_ns.model import ContrastiveLiftModel

@@ -1,0 +1,104 @@
+"""The object table of an export: which objects there are, where, and in which training views.
+
+An object is the largest spatially connected part of the points sharing an id > 0: parts separated by gaps
+wider than ``_PART_GAP`` point spacings are detached and go back to id 0. They are patches of other surfaces
+that took the id near an object boundary, and would stretch its box far beyond the object. Its semantic class
+is the most common class among its points (for clustered models all of them share it: ids are assigned
+within a class).
+
+Visibility: an object counts as visible in a training view if at least ``min_view_points`` of its points were
+sampled from that view. Views are sampled uniformly, so this finds the views in which it covers at least
+about ``min_view_points / rays per view`` of the image (and is not hidden: points are first surfaces).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+import open3d as o3d
+import torch
+
+from contrastive_lift_ns.export.point_cloud import LabelledPoints
+from contrastive_lift_ns.viewer.palette import id_colours
+
+_PART_GAP = 5.0  # in median nearest-neighbour distances of the object's points, so it follows the density
+
+
+@dataclass
+class ExportedObject:
+    """One row of objects.json."""
+
+    id: int
+    """The object's instance id, as in the PLY files and the viewer."""
+    semantic_class: int
+    """Index of the object's semantic class."""
+    class_name: str
+    """Name of the semantic class."""
+    num_points: int
+    """Number of points in objects/<id>.ply."""
+    centroid: List[float]
+    """Mean of the object's points."""
+    bbox_min: List[float]
+    """Smallest x, y, z of the object's points."""
+    bbox_max: List[float]
+    """Largest x, y, z of the object's points."""
+    colour: List[int]
+    """The object's palette colour (the viewer's), RGB 0-255."""
+    views: List[str]
+    """The training views (``file_path`` of their frames) in which the object is visible."""
+
+    def row(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def find_objects(
+    points: LabelledPoints,
+    class_names: Sequence[str],
+    view_names: Sequence[str],
+    min_points: int,
+    min_view_points: int,
+) -> Tuple[List[ExportedObject], LabelledPoints]:
+    """The objects with at least ``min_points`` points, by id, and the points relabelled to match them: detached
+    parts and objects with fewer points get id 0, so every id left in the points has its row."""
+    instance = points.instance.copy()
+    for object_id in np.unique(instance[instance > 0]):
+        member = np.nonzero(instance == object_id)[0]
+        instance[member[~_largest_part(points.xyz[member])]] = 0
+    ids, counts = np.unique(instance[instance > 0], return_counts=True)
+    instance[np.isin(instance, ids[counts < min_points])] = 0
+    points = replace(points, instance=instance)
+    objects = []
+    for object_id in ids[counts >= min_points].tolist():
+        member = points.subset(points.instance == object_id)
+        semantic_class = int(np.bincount(member.semantic_class).argmax())
+        per_view = np.bincount(member.view, minlength=len(view_names))
+        objects.append(
+            ExportedObject(
+                id=object_id,
+                semantic_class=semantic_class,
+                class_name=class_names[semantic_class],
+                num_points=len(member),
+                centroid=_floats(member.xyz.mean(0)),
+                bbox_min=_floats(member.xyz.min(0)),
+                bbox_max=_floats(member.xyz.max(0)),
+                colour=(id_colours(torch.tensor(object_id)) * 255).round().int().tolist(),
+                views=[view_names[v] for v in np.nonzero(per_view >= min_view_points)[0]],
+            )
+        )
+    return objects, points
+
+
+def _largest_part(xyz: np.ndarray) -> np.ndarray:
+    """Mask of the points in the largest part, where parts are split by gaps wider than ``_PART_GAP`` spacings."""
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz))
+    spacing = float(np.median(cloud.compute_nearest_neighbor_distance())) if len(xyz) > 1 else 0.0
+    if spacing == 0.0:
+        return np.ones(len(xyz), dtype=bool)
+    parts = np.asarray(cloud.cluster_dbscan(eps=_PART_GAP * spacing, min_points=1))
+    return parts == np.bincount(parts).argmax()
+
+
+def _floats(values: np.ndarray) -> List[float]:
+    return [round(float(v), 6) for v in values]

@@ -1,0 +1,238 @@
+"""``cl-export``: take the objects out of a trained model as an instance-labelled point cloud, one PLY per
+object, and an object table.
+
+Example::
+
+    cl-export --load-config outputs/scene/contrastive-lift/<run>/config.yml --output-dir exports/scene
+    cl-export --load-config .../config.yml --output-dir exports/two --objects 3,7 --num-points 1000000
+
+Writes, atomically (a failed run leaves nothing at --output-dir):
+
+- ``scene.ply``: every point, with x, y, z, red, green, blue, instance (0: no object) and semantic_class;
+- ``objects/<id>.ply``: the points of each object;
+- ``objects.json``: one row per object (``ExportedObject``).
+
+Positions are in the coordinates of the poses in the scene's transforms.json, not nerfstudio's normalised ones.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import tyro
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio
+from nerfstudio.pipelines.base_pipeline import Pipeline
+from nerfstudio.utils.eval_utils import eval_setup
+from nerfstudio.utils.rich_utils import CONSOLE
+from rich.markup import escape
+from rich.table import Table
+
+from contrastive_lift_ns.data.scene_format import atomic_output_dir, atomic_write_json, load_transforms
+from contrastive_lift_ns.export.objects import ExportedObject, find_objects
+from contrastive_lift_ns.export.ply import write_ply
+from contrastive_lift_ns.export.point_cloud import (
+    LabelledPoints,
+    nerfstudio_to_world,
+    remove_outliers,
+    sample_points,
+    transform_points,
+    vote_labels,
+)
+from contrastive_lift_ns.model import ContrastiveLiftModel
+from contrastive_lift_ns.scripts.cli import progress_bar, run_command
+
+
+class ExportError(ValueError):
+    """A run or a flag that cannot be exported; the message names the file or the flag."""
+
+
+@dataclass
+class ExportConfig:
+    """Export a trained model's objects: scene.ply, objects/<id>.ply and objects.json."""
+
+    load_config: Path
+    """The ``config.yml`` of a trained contrastive-lift run."""
+    output_dir: Path
+    """Folder to write to; it must be empty or absent unless --overwrite is given."""
+    num_points: int = 200_000
+    """Pixels of the training views to render; each ray that hits a surface becomes a point. 200k take about
+    3 minutes on a 2-core CPU for contrastive-lift-small; on a GPU, millions give denser clouds."""
+    min_points: int = 50
+    """Objects with fewer points (after detaching stray parts, see contrastive_lift_ns.export.objects) are left
+    out of objects/ and objects.json, and their points get instance 0 in scene.ply, so every id in scene.ply has
+    its row. Scale it with --num-points."""
+    objects: str = "all"
+    """Which objects go into objects/ and objects.json: all, or comma-separated ids such as 3,7 (the model's
+    ids, as in the viewer). scene.ply always holds every object."""
+    min_view_points: int = 5
+    """An object counts as visible in a training view if at least this many of its points were sampled from
+    that view."""
+    crop: bool = True
+    """Keep only points inside the model's scene box; beyond it lies the contracted background (sky, far
+    walls), whose depth is unreliable."""
+    recluster: bool = False
+    """Cluster the instance embeddings again before exporting (the checkpoint is not changed), e.g. for a run
+    that stopped before its first clustering. linear-assignment-lift has nothing to cluster and ignores it."""
+    seed: int = 0
+    """Seed of the pixel sampling."""
+    overwrite: bool = False
+    """Replace a non-empty --output-dir."""
+
+    def main(self) -> None:
+        start = time.perf_counter()
+        self._check_flags()
+        _, pipeline, _, step = eval_setup(self.load_config, test_mode="test")
+        model = pipeline.model
+        if not isinstance(model, ContrastiveLiftModel):
+            raise ExportError(f"--load-config {self.load_config}: not a contrastive-lift run ({type(model).__name__})")
+        self._check_instances(model, step)
+        wanted = self._wanted_ids(model)
+        points, view_names = self._points(pipeline)
+        objects, points = find_objects(
+            points, model.scene_classes.names, view_names, self.min_points, self.min_view_points
+        )
+        if wanted is not None:
+            found = {o.id for o in objects}
+            missing = sorted(set(wanted) - found)
+            if missing:
+                raise ExportError(
+                    f"--objects: {_ids(missing)} got fewer than --min-points {self.min_points} points in this export "
+                    f"(exported: {_ids(sorted(found))}); lower --min-points or raise --num-points"
+                )
+            objects = [o for o in objects if o.id in wanted]
+        self._write(points, objects, step)
+        _print_table(objects, len(points), self.output_dir, time.perf_counter() - start)
+
+    def _check_flags(self) -> None:
+        if not self.load_config.is_file():
+            raise ExportError(f"--load-config {self.load_config}: no such file")
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise ExportError(f"--output-dir {self.output_dir} exists and is not a folder")
+        if self.output_dir.is_dir() and any(self.output_dir.iterdir()) and not self.overwrite:
+            raise ExportError(f"--output-dir {self.output_dir} is not empty; pass --overwrite to replace it")
+        for flag in ("num_points", "min_points", "min_view_points"):
+            if getattr(self, flag) < 1:
+                raise ExportError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(self, flag)}")
+        self._requested_ids()
+
+    def _requested_ids(self) -> Optional[List[int]]:
+        """The ids given to --objects, or None for all."""
+        if self.objects.strip().lower() == "all":
+            return None
+        try:
+            ids = [int(part) for part in self.objects.split(",") if part.strip()]
+        except ValueError:
+            raise ExportError(
+                f"--objects must be 'all' or comma-separated ids such as 3,7; got '{self.objects}'"
+            ) from None
+        if not ids:
+            raise ExportError("--objects needs at least one id (or 'all')")
+        return ids
+
+    def _check_instances(self, model: ContrastiveLiftModel, step: int) -> None:
+        """Object ids need a trained instance field and, except for linear-assignment, a clustering."""
+        start = model.config.instance_loss_start_step
+        if step < start:
+            raise ExportError(
+                f"--load-config {self.load_config}: the checkpoint is from step {step}, before the instance loss "
+                f"starts (instance_loss_start_step={start}), so it has no objects yet; train longer"
+            )
+        if self.recluster and model.uses_clustering:
+            model.recluster()
+        if model.uses_clustering and not model.clusters.fitted:
+            every = model.config.clustering.recluster_every
+            raise ExportError(
+                f"--load-config {self.load_config}: the model was never clustered into objects (clustering runs "
+                f"at the last training step and every {every} steps after step {start}); train longer, or pass "
+                "--recluster to cluster it now"
+            )
+
+    def _wanted_ids(self, model: ContrastiveLiftModel) -> Optional[List[int]]:
+        """The requested ids, checked against the model's objects before any rendering."""
+        wanted = self._requested_ids()
+        if wanted is None:
+            return None
+        if model.uses_clustering:
+            valid = sorted(model.clusters.ids.tolist())
+        else:
+            valid = list(range(1, model.config.max_instances + 1))
+        unknown = [i for i in wanted if i not in valid]
+        if unknown:
+            raise ExportError(f"--objects: no object {_ids(unknown)} in this model; its objects are {_ids(valid)}")
+        return wanted
+
+    def _points(self, pipeline: Pipeline) -> Tuple[LabelledPoints, List[str]]:
+        """Surface points of the training views in world coordinates, and the views' names."""
+        datamanager = pipeline.datamanager
+        outputs = datamanager.train_dataparser_outputs
+        data = datamanager.dataparser.config.data
+        meta, transforms_path = load_transforms(data)
+        with progress_bar() as bar:
+            task = bar.add_task("Rendering rays", total=self.num_points)
+            points = sample_points(
+                pipeline.model,
+                datamanager.train_dataset.cameras,
+                self.num_points,
+                self.seed,
+                self.crop,
+                lambda n: bar.advance(task, n),
+            )
+        if not len(points):
+            raise ExportError(
+                f"--load-config {self.load_config}: none of the {self.num_points} rendered rays hit a surface"
+                + (" inside the scene box; try --no-crop" if self.crop else "")
+            )
+        points = vote_labels(remove_outliers(points))
+        points = replace(points, xyz=transform_points(nerfstudio_to_world(outputs, meta, data), points.xyz))
+        return points, _view_names(datamanager.dataparser, outputs.image_filenames, meta, transforms_path.parent)
+
+    def _write(self, points: LabelledPoints, objects: List[ExportedObject], step: int) -> None:
+        comments = [f"cl-export of {self.load_config} at step {step}", "coordinates: the scene's transforms.json poses"]
+        with atomic_output_dir(self.output_dir, overwrite=self.overwrite) as folder:
+            write_ply(folder / "scene.ply", points, comments)
+            (folder / "objects").mkdir()
+            for exported in objects:
+                member = points.subset(points.instance == exported.id)
+                write_ply(folder / "objects" / f"{exported.id}.ply", member, comments)
+            table = {
+                "config": str(self.load_config.resolve()),
+                "step": step,
+                "coordinates": "those of the camera poses in the scene's transforms.json",
+                "num_points": len(points),
+                "objects": [o.row() for o in objects],
+            }
+            atomic_write_json(folder / "objects.json", table)
+
+
+def _view_names(dataparser: Nerfstudio, image_filenames: List[Path], meta: Dict[str, Any], root: Path) -> List[str]:
+    """The transforms.json ``file_path`` of each training image (the dataparser may have swapped in a
+    downscaled copy's path)."""
+    by_image = {dataparser._get_fname(Path(f["file_path"]), root): f["file_path"] for f in meta["frames"]}
+    return [by_image.get(Path(name), str(name)) for name in image_filenames]
+
+
+def _ids(ids: List[int]) -> str:
+    return ", ".join(str(i) for i in ids) if ids else "none"
+
+
+def _print_table(objects: List[ExportedObject], num_points: int, output_dir: Path, seconds: float) -> None:
+    table = Table(title=f"cl-export: {len(objects)} objects, {num_points} points → {escape(str(output_dir))}")
+    for column in ("id", "class", "points", "centroid", "views"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for o in objects:
+        centroid = ", ".join(f"{v:.3f}" for v in o.centroid)
+        table.add_row(str(o.id), o.class_name, str(o.num_points), centroid, str(len(o.views)))
+    CONSOLE.print(table)
+    CONSOLE.print(f"Done in {seconds:.1f} s")
+
+
+def entrypoint() -> None:
+    """Entry point of the ``cl-export`` command."""
+    run_command("cl-export", tyro.cli(ExportConfig).main, (ExportError, FileExistsError))
+
+
+if __name__ == "__main__":
+    entrypoint()

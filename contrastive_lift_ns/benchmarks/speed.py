@@ -98,6 +98,7 @@ def _run(config: SpeedBenchmark) -> Dict[str, Any]:
             "nerfacto_step_ms": nerfacto["step_ms"],
             "contrastive_lift_step_ms": lift["step_ms"],
             "ratio": lift["step_ms"] / nerfacto["step_ms"],
+            "cpu_time_ratio": lift["cpu_step_ms"] / nerfacto["cpu_step_ms"],
             "nerfacto_peak_mb": nerfacto["peak_mb"],
             "contrastive_lift_peak_mb": lift["peak_mb"],
         }
@@ -150,7 +151,11 @@ def _measure(
     trainer = _config(config, scene, loss, output, frozen, objects)
     with without_lpips():
         run = train_timed(trainer, config.warmup + config.steps, warmup=config.warmup, save=False)
-    return {"step_ms": 1000 * run.median_step, "peak_mb": peak_memory_mb(trainer.machine.device_type)}
+    return {
+        "step_ms": 1000 * run.median_step,
+        "cpu_step_ms": 1000 * run.median_cpu_step,
+        "peak_mb": peak_memory_mb(trainer.machine.device_type),
+    }
 
 
 def _cluster_and_render(config: SpeedBenchmark, scene: Path, output: Path) -> Dict[str, Any]:
@@ -188,18 +193,18 @@ def _cluster_and_render(config: SpeedBenchmark, scene: Path, output: Path) -> Di
 
 def markdown(results: Dict[str, Any]) -> str:
     ratio = results["ratio"]
+    counts = sorted({r["objects"] for r in results["instance_stage"]})
     lines = [
         f"Machine: {results['machine']}; date: {results['date']}",
         f"Command: `{results['command']}`",
         "",
         f"- Step time, contrastive-lift / nerfacto: **{ratio['ratio']:.2f}** "
         f"({ratio['contrastive_lift_step_ms']:.0f} ms / {ratio['nerfacto_step_ms']:.0f} ms; "
-        f"peak {ratio['contrastive_lift_peak_mb']:.0f} / {ratio['nerfacto_peak_mb']:.0f} MB)",
+        f"peak {ratio['contrastive_lift_peak_mb']:.0f} / {ratio['nerfacto_peak_mb']:.0f} MB); "
+        f"in process CPU time: {ratio.get('cpu_time_ratio', float('nan')):.2f}",
         "",
-        "| instance stage | "
-        + " | ".join(f"{n} objects" for n in sorted({r["objects"] for r in results["instance_stage"]}))
-        + " | 500/25 |",
-        "|---|---|---|---|---|",
+        "| instance stage | " + " | ".join(f"{n} objects" for n in counts) + f" | {counts[-1]}/{counts[0]} |",
+        "|---|" + "---|" * (len(counts) + 1),
     ]
     for method in LOSSES:
         rows = sorted((r for r in results["instance_stage"] if r["method"] == method), key=lambda r: r["objects"])

@@ -30,12 +30,18 @@ class TimedRun:
     trainer: Trainer
     step_seconds: List[float] = field(default_factory=list)
     """Wall time of each step after the warm-up, clustering steps excluded."""
+    cpu_step_seconds: List[float] = field(default_factory=list)
+    """CPU time of this process (all threads) in the same steps: on a shared CPU it varies less than wall time."""
     cluster_seconds: List[float] = field(default_factory=list)
     """Wall time of the steps that re-clustered."""
 
     @property
     def median_step(self) -> float:
         return statistics.median(self.step_seconds) if self.step_seconds else float("nan")
+
+    @property
+    def median_cpu_step(self) -> float:
+        return statistics.median(self.cpu_step_seconds) if self.cpu_step_seconds else float("nan")
 
     @property
     def checkpoint(self) -> Path:
@@ -67,7 +73,7 @@ def train_timed(config: TrainerConfig, steps: int, warmup: int = 10, save: bool 
     for step in range(steps):
         trainer.step = step
         clusters_before = getattr(model, "clusters", None) and model.clusters.ids
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         with trainer.train_lock:
             trainer.pipeline.train()
             for callback in trainer.callbacks:
@@ -83,6 +89,7 @@ def train_timed(config: TrainerConfig, steps: int, warmup: int = 10, save: bool 
             run.cluster_seconds.append(seconds)
         elif step >= warmup:
             run.step_seconds.append(seconds)
+            run.cpu_step_seconds.append(time.process_time() - cpu_start)
     if save:
         trainer.save_checkpoint(steps - 1)
     writer.write_out_storage()

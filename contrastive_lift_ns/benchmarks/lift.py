@@ -57,7 +57,7 @@ class LiftBenchmark:
     def profile(self) -> Dict[str, Any]:
         """Scene and training sizes of the chosen profile."""
         if self.quick:
-            return {"views": 32, "resolution": 64, "scene_steps": 400, "instance_steps": 800, "small": True}
+            return {"views": 32, "resolution": 64, "scene_steps": 800, "instance_steps": 800, "small": True}
         return {"views": 100, "resolution": 256, "scene_steps": 20000, "instance_steps": 10000, "small": False}
 
     def main(self) -> Dict[str, Any]:

@@ -28,7 +28,7 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataPars
 from nerfstudio.models.nerfacto import NerfactoModelConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 
-from contrastive_lift_ns.benchmarks.timing import machine, peak_memory_mb, quiet, train_timed
+from contrastive_lift_ns.benchmarks.timing import machine, quiet, train_timed
 from contrastive_lift_ns.data.scene_format import atomic_write_json
 from contrastive_lift_ns.method_configs import trainer_config
 from contrastive_lift_ns.model import without_lpips
@@ -154,7 +154,7 @@ def _measure(
     return {
         "step_ms": 1000 * run.median_step,
         "cpu_step_ms": 1000 * run.median_cpu_step,
-        "peak_mb": peak_memory_mb(trainer.machine.device_type),
+        "peak_mb": run.peak_mb,
     }
 
 

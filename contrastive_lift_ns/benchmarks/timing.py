@@ -34,6 +34,9 @@ class TimedRun:
     """CPU time of this process (all threads) in the same steps: on a shared CPU it varies less than wall time."""
     cluster_seconds: List[float] = field(default_factory=list)
     """Wall time of the steps that re-clustered."""
+    peak_mb: float = float("nan")
+    """Peak memory (``peak_memory_mb``) read after the last training step that did not re-cluster, so that
+    rendering for a clustering at the end of training does not count."""
 
     @property
     def median_step(self) -> float:
@@ -87,9 +90,11 @@ def train_timed(config: TrainerConfig, steps: int, warmup: int = 10, save: bool 
         reclustered = getattr(model, "clusters", None) is not None and model.clusters.ids is not clusters_before
         if reclustered:
             run.cluster_seconds.append(seconds)
-        elif step >= warmup:
-            run.step_seconds.append(seconds)
-            run.cpu_step_seconds.append(time.process_time() - cpu_start)
+        else:
+            run.peak_mb = peak_memory_mb(trainer.device)
+            if step >= warmup:
+                run.step_seconds.append(seconds)
+                run.cpu_step_seconds.append(time.process_time() - cpu_start)
     if save:
         trainer.save_checkpoint(steps - 1)
     writer.write_out_storage()

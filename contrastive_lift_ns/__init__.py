@@ -14,10 +14,12 @@ def _allow_numpy_in_checkpoints() -> None:
     Allowlisting these types keeps resume, ns-eval, ns-render and ns-viewer working without disabling the
     safe loader.
     """
-    # numpy pickles its scalars through this function; its module moved between numpy 1.x and 2.x.
-    scalar_reconstructor = np.float64(0).__reduce__()[0]
+    # numpy pickles its scalars through this function, named numpy.core.multiarray.scalar by numpy 1.x and
+    # numpy._core.multiarray.scalar by 2.x; allow both names so checkpoints load across the two.
+    scalar = np.float64(0).__reduce__()[0]
+    scalar_names = [(scalar, f"{module}.multiarray.scalar") for module in ("numpy.core", "numpy._core")]
     dtype_classes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
-    torch.serialization.add_safe_globals([scalar_reconstructor, np.dtype, *dtype_classes])
+    torch.serialization.add_safe_globals([*scalar_names, np.dtype, *dtype_classes])
 
 
 def _put_ffmpeg_on_path() -> None:

@@ -1,0 +1,34 @@
+"""cl-bench's benchmarks run end to end on tiny settings (their figures are measured, not asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from contrastive_lift_ns.benchmarks.lift import METHODS, LiftBenchmark
+from contrastive_lift_ns.benchmarks.loss_cost import LossCostBenchmark
+
+
+def test_the_loss_cost_benchmark_times_every_loss_for_every_label_count(capsys):
+    rows = LossCostBenchmark(labels=(2, 8), images=2, rays_per_image=64, repeats=1, device="cpu").main()
+    assert [row["labels_per_image"] for row in rows] == [2, 8]
+    for row in rows:
+        assert all(row[key] > 0 for key in ("slow_fast_ms", "vanilla_ms", "linear_assignment_ms"))
+    assert "labels/image" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_lift_benchmark_trains_evaluates_and_reports_every_method(tmp_path, monkeypatch):
+    tiny = {"views": 6, "resolution": 16, "scene_steps": 3, "instance_steps": 12, "small": True}
+    monkeypatch.setattr(LiftBenchmark, "profile", lambda self: tiny)
+    out = tmp_path / "lift"
+    summary = LiftBenchmark(output_dir=out, objects=(2,)).main()
+
+    assert [row["method"] for row in summary["rows"]] == list(METHODS)
+    for row in summary["rows"]:
+        assert 0.0 <= row["pq_scene"] <= 1.0 and row["num_objects_gt"] >= 1 and row["step_ms"] > 0
+    assert json.loads((out / "results.json").read_text())["rows"] == summary["rows"]
+    table = (out / "results.md").read_text()
+    assert all(f"| {method} |" in table for method in METHODS)
+    assert (out / "pq_scene.png").stat().st_size > 0 and (out / "speed.png").stat().st_size > 0

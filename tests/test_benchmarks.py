@@ -23,9 +23,9 @@ def test_the_lift_benchmark_trains_evaluates_and_reports_every_method(tmp_path, 
     tiny = {"views": 6, "resolution": 16, "scene_steps": 3, "instance_steps": 12, "small": True}
     monkeypatch.setattr(LiftBenchmark, "profile", lambda self: tiny)
     out = tmp_path / "lift"
-    summary = LiftBenchmark(output_dir=out, objects=(2,)).main()
+    summary = LiftBenchmark(output_dir=out, objects=(2, 3), workers=2).main()  # two scenes in parallel processes
 
-    assert [row["method"] for row in summary["rows"]] == list(METHODS)
+    assert [(row["objects"], row["method"]) for row in summary["rows"]] == [(n, m) for n in (2, 3) for m in METHODS]
     for row in summary["rows"]:
         assert 0.0 <= row["pq_scene"] <= 1.0 and row["num_objects_gt"] >= 1 and row["step_ms"] > 0
     assert json.loads((out / "results.json").read_text())["rows"] == summary["rows"]

@@ -49,7 +49,9 @@ def test_no_thing_pixels_or_a_single_cluster_do_not_crash():
     clusters = _clusters()
     views, segments = torch.zeros_like(blob), blob + 1
     clusters.fit(points, torch.zeros(len(points), dtype=torch.long), segments, views)  # all stuff
-    assert not clusters.fitted and (clusters.assign(points, torch.ones(len(points), dtype=torch.long)) == 0).all()
+    # a clustering that found no objects still counts as done: every pixel then gets id 0
+    assert clusters.fitted and len(clusters.ids) == 0
+    assert (clusters.assign(points, torch.ones(len(points), dtype=torch.long)) == 0).all()
     clusters.fit(points, torch.ones(len(points), dtype=torch.long), segments, views)  # one object
     assert len(clusters.ids) == 1
     assert (clusters.assign(points, torch.ones(len(points), dtype=torch.long)) == clusters.ids[0]).all()

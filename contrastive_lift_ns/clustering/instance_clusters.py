@@ -76,7 +76,8 @@ class InstanceClusters(nn.Module):
 
     @property
     def fitted(self) -> bool:
-        return len(self.ids) > 0
+        """Whether a clustering has run; it may have found no objects (its centroids then still have a width)."""
+        return self.centroids.shape[-1] > 0
 
     def fit(
         self,
@@ -156,7 +157,7 @@ class InstanceClusters(nn.Module):
 
     def assign(self, embeddings: Float[Tensor, "*batch D"], classes: Int[Tensor, "*batch"]) -> Int[Tensor, "*batch"]:
         """The id of each pixel's nearest centroid of its own class; 0 for stuff and unclustered classes."""
-        if not self.fitted:
+        if len(self.ids) == 0:
             return torch.zeros_like(classes)
         distance = torch.cdist(embeddings.reshape(-1, embeddings.shape[-1]).float(), self.centroids)
         wrong_class = classes.reshape(-1, 1) != self.classes[None, :]

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from contrastive_lift_ns.clustering.instance_clusters import ClusteringConfig, InstanceClusters
 from contrastive_lift_ns.data.dataset import ContrastiveLiftDataset
+from contrastive_lift_ns.data.pixel_sampler import random_pixels
 from contrastive_lift_ns.data.scene_format import SceneClasses
 from contrastive_lift_ns.fields.label_field import LabelField, LabelFieldConfig
 from contrastive_lift_ns.fields.slow_field import SlowField
@@ -278,18 +279,14 @@ class ContrastiveLiftModel(NerfactoModel):
         self._cluster_pixels = None
 
     def _sample_pixels(self, count: int, seed: int) -> Tuple[Tensor, Tensor, Tensor]:
-        """(view index, (y, x) coordinates, 2D segment id) of ``count`` random training pixels."""
-        cameras = self.training_views.cameras
-        generator = torch.Generator().manual_seed(seed)
-        views = torch.randint(len(cameras), (count,), generator=generator)
-        size = torch.cat([cameras.height[views], cameras.width[views]], dim=-1)
-        yx = (torch.rand(count, 2, generator=generator) * size).floor()
+        """(view index, (y, x) pixel centre, 2D segment id) of ``count`` random training pixels."""
+        views, yx = random_pixels(self.training_views.cameras, count, seed)
         segments = torch.zeros(count, dtype=torch.long)
         for view in views.unique().tolist():  # one label map in memory at a time
             here = views == view
             pixel = yx[here].long()
             segments[here] = self.training_views.segments_of(view)[pixel[:, 0], pixel[:, 1]]
-        return views, yx + 0.5, segments
+        return views, yx, segments
 
     @torch.no_grad()
     def recluster(self, num_pixels: Optional[int] = None, seed: Optional[int] = None) -> Dict[str, Any]:

@@ -4,15 +4,19 @@
 image. nerfstudio's sampler spreads a batch over all images (about one ray per image); this one picks K
 images and N pixels in each, and keeps the rays of an image contiguous: ray ``k * N + n`` is pixel ``n`` of
 the ``k``-th picked image, so a loss can reshape any per-ray tensor to ``(K, N, ...)``.
+
+``random_pixels`` is the other sample the project draws: pixels spread uniformly over all training views, which
+clustering and ``cl-export`` render.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Type, Union
+from typing import Dict, Optional, Tuple, Type, Union
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
+from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.pixel_samplers import PixelSampler, PixelSamplerConfig
 from torch import Tensor
 
@@ -77,3 +81,13 @@ class PerImagePixelSampler(PixelSampler):
             "contrastive-lift needs all images at one resolution (the per-image label maps are stacked); "
             "resize the images or split the scene"
         )
+
+
+def random_pixels(cameras: Cameras, count: int, seed: int) -> Tuple[Int[Tensor, "count"], Float[Tensor, "count 2"]]:  # noqa: F821
+    """``count`` pixels: a view uniformly at random, then a pixel of it; returns (view index, (y, x) of the pixel
+    centre), on the CPU. The same seed gives the same pixels."""
+    cameras = cameras.to("cpu")
+    generator = torch.Generator().manual_seed(seed)
+    views = torch.randint(len(cameras), (count,), generator=generator)
+    size = torch.cat([cameras.height[views], cameras.width[views]], dim=-1)
+    return views, (torch.rand(count, 2, generator=generator) * size).floor() + 0.5

@@ -1,7 +1,7 @@
 """Points with object ids, sampled from a trained field, and the map to the coordinates of the user's poses.
 
-Points are rendered pixels of the training views (a view uniformly at random, then a point uniformly within
-it). A ray becomes a point at its median depth (nerfstudio's ``depth``: a distance along the unit ray
+Points are rendered pixels of the training views (``random_pixels``: a view uniformly at random, then a pixel
+of it). A ray becomes a point at its median depth (nerfstudio's ``depth``: a distance along the unit ray
 direction) if its accumulation shows that it hit a surface and the point lies in the model's scene box;
 Open3D's statistical outlier removal then drops stray depths. Each point keeps its colour, its semantic class,
 its object id (``model.segment``: 0 for stuff) and the view it was sampled from.
@@ -21,12 +21,12 @@ import numpy as np
 import open3d as o3d
 import torch
 from nerfstudio.cameras.cameras import Cameras
-from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
 from scipy import stats
 from scipy.spatial import cKDTree
 from torch import Tensor
 
+from contrastive_lift_ns.data.pixel_sampler import random_pixels
 from contrastive_lift_ns.model import ContrastiveLiftModel
 
 _MIN_ACCUMULATION = 0.5  # below it a ray mostly sees empty space and its depth is a guess
@@ -77,7 +77,10 @@ def sample_points(
     points outside the scene box, i.e. the contracted background (sky, far walls) whose depth is unreliable.
     """
     model.eval()
-    rays = _training_rays(cameras.to(model.device), num_rays, seed)
+    views, yx = random_pixels(cameras, num_rays, seed)
+    rays = cameras.to(model.device).generate_rays(
+        camera_indices=views[:, None].to(model.device), coords=yx.to(model.device)
+    )
     model.camera_optimizer.apply_to_raybundle(rays)  # training pixels see through the learned pose corrections
     chunk = model.config.eval_num_rays_per_chunk
     outputs: Dict[str, List[Tensor]] = {key: [] for key in _RENDERED}
@@ -102,15 +105,6 @@ def sample_points(
         "view": rays.camera_indices[:, 0].long(),
     }
     return LabelledPoints(**{name: column[keep].cpu().numpy() for name, column in columns.items()})
-
-
-def _training_rays(cameras: Cameras, count: int, seed: int) -> RayBundle:
-    """Rays through ``count`` random points: a view uniformly at random, then a point uniformly within it."""
-    generator = torch.Generator().manual_seed(seed)
-    views = torch.randint(len(cameras), (count,), generator=generator).to(cameras.device)
-    size = torch.cat([cameras.height[views], cameras.width[views]], -1)
-    yx = torch.rand(count, 2, generator=generator).to(cameras.device) * size
-    return cameras.generate_rays(camera_indices=views[:, None], coords=yx)
 
 
 def remove_outliers(points: LabelledPoints) -> LabelledPoints:

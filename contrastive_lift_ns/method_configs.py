@@ -54,7 +54,7 @@ def trainer_config(method_name: str, instance_loss: InstanceLoss, small: bool = 
         ]
         model.instance_field = LabelFieldConfig(num_levels=8, log2_hashmap_size=15, max_res=256)
         model.semantic_field = LabelFieldConfig(num_levels=6, log2_hashmap_size=14, max_res=128)
-        model.label_samples_per_ray = 8
+        model.label_samples_per_ray = 2
         model.semantic_loss_start_step, model.instance_loss_start_step = 200, 500
         model.proposal_warmup, model.proposal_weights_anneal_max_num_iters = 500, 200
         model.clustering = ClusteringConfig(num_pixels=20_000, recluster_every=500)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from contrastive_lift_ns.benchmarks import speed
 from contrastive_lift_ns.benchmarks.lift import METHODS, LiftBenchmark
 from contrastive_lift_ns.benchmarks.loss_cost import LossCostBenchmark
 
@@ -32,3 +33,26 @@ def test_the_lift_benchmark_trains_evaluates_and_reports_every_method(tmp_path, 
     table = (out / "results.md").read_text()
     assert all(f"| {method} |" in table for method in METHODS)
     assert (out / "pq_scene.png").stat().st_size > 0 and (out / "speed.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_speed_benchmark_reports_every_figure_the_issue_asks_for(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(speed, "_in_subprocess", lambda fn, *args: fn(*args))  # same code, no process start-up
+    output = tmp_path / "speed.json"
+    tiny = speed.SpeedBenchmark(
+        output_path=output, rays_per_step=128, steps=2, warmup=1, objects=(2, 3), resolution=16,
+        cluster_train_steps=12, cluster_pixels=(300,), render_sizes=(16,),
+    )  # fmt: skip
+    results = tiny.main()
+
+    ratio = results["ratio"]
+    assert ratio["nerfacto_step_ms"] > 0 and ratio["contrastive_lift_step_ms"] > 0 and ratio["ratio"] > 0
+    assert ratio["nerfacto_peak_mb"] > 0 and ratio["contrastive_lift_peak_mb"] > 0
+    stage = [(row["method"], row["objects"]) for row in results["instance_stage"]]
+    assert stage == [(method, n) for method in speed.LOSSES for n in (2, 3)]
+    assert all(row["step_ms"] > 0 and row["peak_mb"] > 0 for row in results["instance_stage"])
+    assert [row["pixels"] for row in results["clustering"]] == [300]
+    assert results["rendering"][0]["size"] == 16 and results["rendering"][0]["fps"] > 0
+    assert json.loads(output.read_text())["ratio"] == ratio
+    printed = capsys.readouterr().out
+    assert "contrastive-lift / nerfacto" in printed and "| linear-assignment-lift |" in printed

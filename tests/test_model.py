@@ -12,6 +12,7 @@ from nerfstudio.data.scene_box import SceneBox
 from contrastive_lift_ns.data.scene_format import SceneClasses
 from contrastive_lift_ns.fields.label_field import LabelFieldConfig
 from contrastive_lift_ns.method_configs import trainer_config
+from contrastive_lift_ns.model import quantile_samples
 
 
 def build_model(instance_loss: str = "slow-fast", **overrides):
@@ -45,6 +46,33 @@ def test_building_the_model_needs_no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     model = build_model()
     assert not hasattr(model.lpips, "net")  # nerfacto's LPIPS (AlexNet download) is replaced
+
+
+def test_quantile_label_samples_estimate_the_full_render():
+    """A surface's weight spread over many nearby samples, as the proposal sampler leaves it."""
+    generator = torch.Generator().manual_seed(0)
+    rays, samples = 512, 24
+    depths = torch.linspace(1.0, 3.0, samples).expand(rays, samples)
+    surface = 1.5 + torch.rand(rays, 1, generator=generator)
+    weights = torch.exp(-(((depths - surface) / 0.15) ** 2))
+    weights = (0.95 * weights / weights.sum(-1, keepdim=True))[..., None]
+    positions = torch.stack([depths, torch.zeros_like(depths), torch.zeros_like(depths)], -1)
+
+    def field(points):  # a smooth label field along the ray
+        return torch.stack([torch.sin(points[..., 0]), points[..., 0] ** 2], -1)
+
+    full = (weights * field(positions)).sum(-2)
+    chosen, share = quantile_samples(positions, weights, 4)
+    assert chosen.shape == (rays, 4, 3) and share.shape == (rays, 4, 1)
+    torch.testing.assert_close(share.sum(-2), weights.sum(-2))
+    error = ((share * field(chosen)).sum(-2) - full).norm(dim=-1) / full.norm(dim=-1)
+    heaviest, index = torch.topk(weights, 4, dim=-2)
+    top_error = ((heaviest * field(positions.gather(-2, index.expand(-1, -1, 3)))).sum(-2) - full).norm(dim=-1)
+    assert error.mean() < 0.03
+    assert error.mean() < 0.25 * (top_error / full.norm(dim=-1)).mean()
+
+    empty, empty_share = quantile_samples(positions, torch.zeros_like(weights), 4)  # rays that hit nothing
+    assert torch.isfinite(empty).all() and (empty_share == 0).all()
 
 
 @pytest.mark.parametrize("instance_loss", ["slow-fast", "vanilla", "linear-assignment"])

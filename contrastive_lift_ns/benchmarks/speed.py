@@ -7,7 +7,9 @@
 3. Clustering time (rendering the sampled pixels, then HDBSCAN) for 25k, 100k and 400k pixels.
 4. Frames per second of rendering the ``instance`` output at 256² and 512².
 
-Every training measurement runs in a fresh process, so its peak memory is its own. On a GPU the hash grids
+Step times that are compared are measured side by side: the models train in one process, one step of each
+in turn, so a slow spell of a shared machine slows all of them alike. Peak memory is measured apart, each
+model alone in a fresh process. On a GPU the hash grids
 use tiny-cuda-nn when it is installed, and nerfstudio's mixed precision.
 """
 
@@ -28,7 +30,7 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataPars
 from nerfstudio.models.nerfacto import NerfactoModelConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 
-from contrastive_lift_ns.benchmarks.timing import machine, quiet, train_timed
+from contrastive_lift_ns.benchmarks.timing import machine, quiet, train_interleaved, train_timed
 from contrastive_lift_ns.data.scene_format import atomic_write_json
 from contrastive_lift_ns.method_configs import trainer_config
 from contrastive_lift_ns.model import without_lpips
@@ -51,14 +53,16 @@ class SpeedBenchmark:
     """Use the CPU-sized preset (``contrastive-lift-small``'s grids and samples) for every model."""
     rays_per_step: int = 1024
     """Rays per training step, the same for every model."""
-    steps: int = 60
-    """Timed steps per measurement (after the warm-up)."""
+    steps: int = 120
+    """Timed steps per measurement (after the warm-up); their mean is the step time."""
     warmup: int = 10
     """Untimed steps first."""
     objects: Tuple[int, ...] = (25, 100, 500)
     """Scene sizes for the instance-stage scaling."""
     resolution: int = 64
     """Scene resolution for the training measurements."""
+    cluster_train_steps: int = 600
+    """Steps trained before clustering and rendering are timed (embeddings need some structure)."""
     cluster_pixels: Tuple[int, ...] = (25_000, 100_000, 400_000)
     """Sampled pixel counts for the clustering time."""
     render_sizes: Tuple[int, ...] = (256, 512)
@@ -92,21 +96,23 @@ def _run(config: SpeedBenchmark) -> Dict[str, Any]:
             for n in config.objects
         }
         first = scenes[config.objects[0]]
-        nerfacto = _in_subprocess(_measure, config, first, "nerfacto", Path(tmp), False, 0)
-        lift = _in_subprocess(_measure, config, first, "slow-fast", Path(tmp), False, 0)
+        nerfacto, lift = _in_subprocess(
+            _time_together, config, [(first, "nerfacto", False, 0), (first, "slow-fast", False, 0)], Path(tmp)
+        )
         results["ratio"] = {
             "nerfacto_step_ms": nerfacto["step_ms"],
             "contrastive_lift_step_ms": lift["step_ms"],
             "ratio": lift["step_ms"] / nerfacto["step_ms"],
             "cpu_time_ratio": lift["cpu_step_ms"] / nerfacto["cpu_step_ms"],
-            "nerfacto_peak_mb": nerfacto["peak_mb"],
-            "contrastive_lift_peak_mb": lift["peak_mb"],
+            "nerfacto_peak_mb": _in_subprocess(_peak_memory, config, first, "nerfacto", Path(tmp), False, 0),
+            "contrastive_lift_peak_mb": _in_subprocess(_peak_memory, config, first, "slow-fast", Path(tmp), False, 0),
         }
-        results["instance_stage"] = [
-            {"method": method, "objects": n, **_in_subprocess(_measure, config, scenes[n], loss, Path(tmp), True, n)}
-            for method, loss in LOSSES.items()
-            for n in config.objects
-        ]
+        results["instance_stage"] = []
+        for method, loss in LOSSES.items():
+            jobs = [(scenes[n], loss, True, n) for n in config.objects]
+            for n, timing in zip(config.objects, _in_subprocess(_time_together, config, jobs, Path(tmp))):
+                peak = _in_subprocess(_peak_memory, config, scenes[n], loss, Path(tmp), True, n)
+                results["instance_stage"].append({"method": method, "objects": n, **timing, "peak_mb": peak})
         results.update(_in_subprocess(_cluster_and_render, config, first, Path(tmp)))
     config.output_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(config.output_path, results)
@@ -128,6 +134,7 @@ def _config(config: SpeedBenchmark, scene: Path, loss: str, output: Path, frozen
     datamanager.train_num_rays_per_batch = config.rays_per_step
     model = trainer.pipeline.model
     model.semantic_loss_start_step = model.instance_loss_start_step = 0
+    model.proposal_warmup = 1  # the proposal networks' steady schedule (an update every few steps) from the start
     model.clustering.recluster_every = 0
     model.freeze_scene = frozen
     model.max_instances = max(objects, 1)
@@ -145,24 +152,40 @@ def _config(config: SpeedBenchmark, scene: Path, loss: str, output: Path, frozen
     return trainer
 
 
-def _measure(
-    config: SpeedBenchmark, scene: Path, loss: str, output: Path, frozen: bool, objects: int
-) -> Dict[str, float]:
+def _time_together(config: SpeedBenchmark, jobs, output: Path) -> List[Dict[str, float]]:
+    """Median step times of several models trained in one process, one step of each in turn.
+
+    ``jobs`` holds ``(scene, loss, frozen, objects)`` per model.
+    """
+    trainers = [_config(config, *job[:2], output / f"job-{i}", *job[2:]) for i, job in enumerate(jobs)]
+    with without_lpips():
+        runs = train_interleaved(trainers, config.warmup + config.steps, warmup=config.warmup)
+    return [
+        {
+            "step_ms": 1000 * run.mean_step,
+            "cpu_step_ms": 1000 * run.mean_cpu_step,
+            "steps_ms": [1000 * t for t in run.step_seconds],
+        }
+        for run in runs
+    ]
+
+
+def _peak_memory(config: SpeedBenchmark, scene: Path, loss: str, output: Path, frozen: bool, objects: int) -> float:
+    """Peak memory of one model trained alone in this process, for a few steps past the warm-up."""
     trainer = _config(config, scene, loss, output, frozen, objects)
     with without_lpips():
-        run = train_timed(trainer, config.warmup + config.steps, warmup=config.warmup, save=False)
-    return {
-        "step_ms": 1000 * run.median_step,
-        "cpu_step_ms": 1000 * run.median_cpu_step,
-        "peak_mb": run.peak_mb,
-    }
+        return train_timed(trainer, config.warmup + 5, warmup=config.warmup, save=False).peak_mb
 
 
 def _cluster_and_render(config: SpeedBenchmark, scene: Path, output: Path) -> Dict[str, Any]:
-    """Trains a small model briefly (embeddings need some structure), then times clustering and rendering."""
+    """Trains a model briefly, then times clustering and rendering."""
     trainer = _config(config, scene, "slow-fast", output, False, 0)
-    trainer.pipeline.model.semantic_loss_start_step, trainer.pipeline.model.instance_loss_start_step = 100, 200
-    run = train_timed(trainer, 600, save=False)
+    steps = config.cluster_train_steps
+    trainer.pipeline.model.semantic_loss_start_step, trainer.pipeline.model.instance_loss_start_step = (
+        steps // 6,
+        steps // 3,
+    )
+    run = train_timed(trainer, steps, warmup=0, save=False)
     model = run.trainer.pipeline.model
     model.eval()
     clustering: List[Dict[str, float]] = []

@@ -15,7 +15,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List
+from typing import List, Sequence
 
 import torch
 from nerfstudio.engine.callbacks import TrainingCallbackLocation
@@ -36,15 +36,18 @@ class TimedRun:
     """Wall time of the steps that re-clustered."""
     peak_mb: float = float("nan")
     """Peak memory (``peak_memory_mb``) read after the last training step that did not re-cluster, so that
-    rendering for a clustering at the end of training does not count."""
+    rendering for a clustering at the end of training does not count. It is the process's, so it is one
+    model's own only when the model trained alone."""
+
+    # Means, not medians: steps that update the proposal networks cost more than the others, so step times
+    # are bimodal and a median jumps between the modes.
+    @property
+    def mean_step(self) -> float:
+        return statistics.fmean(self.step_seconds) if self.step_seconds else float("nan")
 
     @property
-    def median_step(self) -> float:
-        return statistics.median(self.step_seconds) if self.step_seconds else float("nan")
-
-    @property
-    def median_cpu_step(self) -> float:
-        return statistics.median(self.cpu_step_seconds) if self.cpu_step_seconds else float("nan")
+    def mean_cpu_step(self) -> float:
+        return statistics.fmean(self.cpu_step_seconds) if self.cpu_step_seconds else float("nan")
 
     @property
     def checkpoint(self) -> Path:
@@ -66,39 +69,52 @@ def quiet(config: TrainerConfig, output_dir: Path) -> TrainerConfig:
 
 def train_timed(config: TrainerConfig, steps: int, warmup: int = 10, save: bool = True) -> TimedRun:
     """Sets up ``config``'s trainer and runs ``steps`` steps, timing those after ``warmup``."""
-    config.max_num_iterations = steps
-    config.save_config()
-    trainer = config.setup(local_rank=0, world_size=1)
-    trainer.setup()
-    run = TimedRun(trainer)
-    model = trainer.pipeline.model
-    cuda = trainer.device.startswith("cuda")
-    for step in range(steps):
-        trainer.step = step
-        clusters_before = getattr(model, "clusters", None) and model.clusters.ids
-        start, cpu_start = time.perf_counter(), time.process_time()
-        with trainer.train_lock:
-            trainer.pipeline.train()
-            for callback in trainer.callbacks:
-                callback.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
-            trainer.train_iteration(step)
-            for callback in trainer.callbacks:
-                callback.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
-        if cuda:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        reclustered = getattr(model, "clusters", None) is not None and model.clusters.ids is not clusters_before
-        if reclustered:
-            run.cluster_seconds.append(seconds)
-        else:
-            run.peak_mb = peak_memory_mb(trainer.device)
-            if step >= warmup:
-                run.step_seconds.append(seconds)
-                run.cpu_step_seconds.append(time.process_time() - cpu_start)
+    (run,) = train_interleaved([config], steps, warmup)
     if save:
-        trainer.save_checkpoint(steps - 1)
-    writer.write_out_storage()
+        run.trainer.save_checkpoint(steps - 1)
     return run
+
+
+def train_interleaved(configs: Sequence[TrainerConfig], steps: int, warmup: int = 10) -> List[TimedRun]:
+    """Trains several models in one process, one step of each in turn, so that a slow spell of a shared
+    machine falls on all of them alike: their step times can be compared side by side."""
+    runs = []
+    for config in configs:
+        config.max_num_iterations = steps
+        config.save_config()
+        trainer = config.setup(local_rank=0, world_size=1)
+        trainer.setup()
+        runs.append(TimedRun(trainer))
+    for step in range(steps):
+        for run in runs:
+            _timed_step(run, step, warmup)
+    writer.write_out_storage()
+    return runs
+
+
+def _timed_step(run: TimedRun, step: int, warmup: int) -> None:
+    trainer = run.trainer
+    model = trainer.pipeline.model
+    trainer.step = step
+    clusters_before = getattr(model, "clusters", None) and model.clusters.ids
+    start, cpu_start = time.perf_counter(), time.process_time()
+    with trainer.train_lock:
+        trainer.pipeline.train()
+        for callback in trainer.callbacks:
+            callback.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+        trainer.train_iteration(step)
+        for callback in trainer.callbacks:
+            callback.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+    if trainer.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    if getattr(model, "clusters", None) is not None and model.clusters.ids is not clusters_before:
+        run.cluster_seconds.append(seconds)
+        return
+    run.peak_mb = peak_memory_mb(trainer.device)
+    if step >= warmup:
+        run.step_seconds.append(seconds)
+        run.cpu_step_seconds.append(time.process_time() - cpu_start)
 
 
 def peak_memory_mb(device: str) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from nerfstudio.utils import writer
 
 from contrastive_lift_ns.benchmarks import speed
 from contrastive_lift_ns.benchmarks.lift import METHODS, LiftBenchmark
@@ -38,6 +39,8 @@ def test_the_lift_benchmark_trains_evaluates_and_reports_every_method(tmp_path, 
 @pytest.mark.slow
 def test_the_speed_benchmark_reports_every_figure_the_issue_asks_for(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(speed, "_in_subprocess", lambda fn, *args: fn(*args))  # same code, no process start-up
+    for name, empty in (("EVENT_WRITERS", []), ("EVENT_STORAGE", []), ("GLOBAL_BUFFER", {})):
+        monkeypatch.setattr(writer, name, empty)  # nerfstudio's writers are global: keep these runs' out of later tests
     output = tmp_path / "speed.json"
     tiny = speed.SpeedBenchmark(
         output_path=output, rays_per_step=128, steps=2, warmup=1, objects=(2, 3), resolution=16,

@@ -8,9 +8,9 @@
 4. Frames per second of rendering the ``instance`` output at 256² and 512².
 
 Step times that are compared are measured side by side: the models train in one process, one step of each
-in turn, so a slow spell of a shared machine slows all of them alike. Peak memory is measured apart, each
-model alone in a fresh process. On a GPU the hash grids
-use tiny-cuda-nn when it is installed, and nerfstudio's mixed precision.
+in turn, so a slow spell of a shared machine slows all of them alike; the proposal networks follow their
+steady update schedule from the start. Peak memory is measured apart, each model alone in a fresh process.
+On a GPU the hash grids use tiny-cuda-nn when it is installed, and nerfstudio's mixed precision.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def _config(config: SpeedBenchmark, scene: Path, loss: str, output: Path, frozen
 
 
 def _time_together(config: SpeedBenchmark, jobs, output: Path) -> List[Dict[str, float]]:
-    """Median step times of several models trained in one process, one step of each in turn.
+    """Mean step times of several models trained in one process, one step of each in turn.
 
     ``jobs`` holds ``(scene, loss, frozen, objects)`` per model.
     """

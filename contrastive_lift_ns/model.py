@@ -192,7 +192,10 @@ class ContrastiveLiftModel(NerfactoModel):
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Any]:
         with torch.no_grad() if self.config.freeze_scene else nullcontext():
             outputs, ray_samples, weights = self._render_scene(ray_bundle)
-        positions, label_weights = self._label_samples(ray_samples, weights)
+        # no_grad inside: label losses never reach the geometry through these positions or weights
+        positions, label_weights = quantile_samples(
+            ray_samples.frustums.get_positions(), weights, self.config.label_samples_per_ray
+        )
 
         def render(field: nn.Module, take: slice = slice(None)) -> Tensor:
             return (label_weights[take] * field(positions[take])).sum(-2)
@@ -232,11 +235,6 @@ class ContrastiveLiftModel(NerfactoModel):
             outputs["weights_list"] = weights_list + [weights]
             outputs["ray_samples_list"] = ray_samples_list + [ray_samples]
         return outputs, ray_samples, weights
-
-    def _label_samples(self, ray_samples: RaySamples, weights: Tensor) -> Tuple[Tensor, Tensor]:
-        return quantile_samples(
-            ray_samples.frustums.get_positions().detach(), weights.detach(), self.config.label_samples_per_ray
-        )
 
     @torch.no_grad()
     def get_outputs_for_camera_ray_bundle(self, camera_ray_bundle: RayBundle) -> Dict[str, Tensor]:

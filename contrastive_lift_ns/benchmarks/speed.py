@@ -157,7 +157,10 @@ def _time_together(config: SpeedBenchmark, jobs, output: Path) -> List[Dict[str,
 
     ``jobs`` holds ``(scene, loss, frozen, objects)`` per model.
     """
-    trainers = [_config(config, *job[:2], output / f"job-{i}", *job[2:]) for i, job in enumerate(jobs)]
+    trainers = [
+        _config(config, scene, loss, output / f"job-{i}", frozen, objects)
+        for i, (scene, loss, frozen, objects) in enumerate(jobs)
+    ]
     with without_lpips():
         runs = train_interleaved(trainers, config.warmup + config.steps, warmup=config.warmup)
     return [
@@ -181,10 +184,8 @@ def _cluster_and_render(config: SpeedBenchmark, scene: Path, output: Path) -> Di
     """Trains a model briefly, then times clustering and rendering."""
     trainer = _config(config, scene, "slow-fast", output, False, 0)
     steps = config.cluster_train_steps
-    trainer.pipeline.model.semantic_loss_start_step, trainer.pipeline.model.instance_loss_start_step = (
-        steps // 6,
-        steps // 3,
-    )
+    trainer.pipeline.model.semantic_loss_start_step = steps // 6
+    trainer.pipeline.model.instance_loss_start_step = steps // 3
     run = train_timed(trainer, steps, warmup=0, save=False)
     model = run.trainer.pipeline.model
     model.eval()
@@ -224,7 +225,7 @@ def markdown(results: Dict[str, Any]) -> str:
         f"- Step time, contrastive-lift / nerfacto: **{ratio['ratio']:.2f}** "
         f"({ratio['contrastive_lift_step_ms']:.0f} ms / {ratio['nerfacto_step_ms']:.0f} ms; "
         f"peak {ratio['contrastive_lift_peak_mb']:.0f} / {ratio['nerfacto_peak_mb']:.0f} MB); "
-        f"in process CPU time: {ratio.get('cpu_time_ratio', float('nan')):.2f}",
+        f"in process CPU time: {ratio['cpu_time_ratio']:.2f}",
         "",
         "| instance stage | " + " | ".join(f"{n} objects" for n in counts) + f" | {counts[-1]}/{counts[0]} |",
         "|---|" + "---|" * (len(counts) + 1),

@@ -11,22 +11,23 @@ All train on the GPU when there is one and on the CPU otherwise.
 
 from __future__ import annotations
 
+from typing import Dict
+
 import torch
 from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
-from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
-from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from contrastive_lift_ns.clustering.instance_clusters import ClusteringConfig
+from contrastive_lift_ns.data.datamanager import ContrastiveLiftDataManagerConfig
 from contrastive_lift_ns.data.dataparser import ContrastiveLiftDataParserConfig
-from contrastive_lift_ns.data.dataset import ContrastiveLiftDataset
-from contrastive_lift_ns.data.pixel_sampler import PerImagePixelSamplerConfig
+from contrastive_lift_ns.data.pixel_sampler import ContrastivePixelSamplerConfig
 from contrastive_lift_ns.fields.label_field import LabelFieldConfig
 from contrastive_lift_ns.model import ContrastiveLiftModelConfig, InstanceLoss
 from contrastive_lift_ns.pipeline import ContrastiveLiftPipelineConfig
+from contrastive_lift_ns.trainer import ContrastiveLiftTrainerConfig
 
 
 def _optimizer(lr: float, final_lr: float, max_steps: int):
@@ -36,7 +37,7 @@ def _optimizer(lr: float, final_lr: float, max_steps: int):
     }
 
 
-def trainer_config(method_name: str, instance_loss: InstanceLoss, small: bool = False) -> TrainerConfig:
+def trainer_config(method_name: str, instance_loss: InstanceLoss, small: bool = False) -> ContrastiveLiftTrainerConfig:
     """One method's full configuration; ``small`` selects the CPU-sized preset."""
     steps = 2000 if small else 30000
     model = ContrastiveLiftModelConfig(
@@ -52,13 +53,13 @@ def trainer_config(method_name: str, instance_loss: InstanceLoss, small: bool = 
             {"hidden_dim": 16, "log2_hashmap_size": 14, "num_levels": 4, "max_res": 64, "use_linear": False},
             {"hidden_dim": 16, "log2_hashmap_size": 14, "num_levels": 4, "max_res": 128, "use_linear": False},
         ]
-        model.instance_field = LabelFieldConfig(num_levels=8, log2_hashmap_size=15, max_res=256)
-        model.semantic_field = LabelFieldConfig(num_levels=6, log2_hashmap_size=14, max_res=128)
+        model.instance_field = LabelFieldConfig(num_levels=8, log2_hashmap_size=16)
+        model.semantic_field = LabelFieldConfig(num_levels=8, log2_hashmap_size=16)
         model.label_samples_per_ray = 2
         model.semantic_loss_start_step, model.instance_loss_start_step = 200, 500
         model.proposal_warmup, model.proposal_weights_anneal_max_num_iters = 500, 200
-        model.clustering = ClusteringConfig(num_pixels=20_000, recluster_every=500)
-    return TrainerConfig(
+        model.clustering = ClusteringConfig(num_pixels=40_000, recluster_every=500)
+    return ContrastiveLiftTrainerConfig(
         method_name=method_name,
         steps_per_eval_batch=500,
         steps_per_eval_image=1000 if small else 2000,
@@ -68,10 +69,11 @@ def trainer_config(method_name: str, instance_loss: InstanceLoss, small: bool = 
         mixed_precision=True,  # nerfstudio turns it off on the CPU
         machine=MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu"),
         pipeline=ContrastiveLiftPipelineConfig(
-            datamanager=VanillaDataManagerConfig(
-                _target=VanillaDataManager[ContrastiveLiftDataset],
+            datamanager=ContrastiveLiftDataManagerConfig(
                 dataparser=ContrastiveLiftDataParserConfig(),
-                pixel_sampler=PerImagePixelSamplerConfig(images_per_batch=2 if small else 4),
+                pixel_sampler=ContrastivePixelSamplerConfig(images_per_batch=2, rays_per_image=256)
+                if small
+                else ContrastivePixelSamplerConfig(images_per_batch=4, rays_per_image=512),
                 train_num_rays_per_batch=1024 if small else 4096,
                 eval_num_rays_per_batch=1024 if small else 4096,
             ),
@@ -81,6 +83,7 @@ def trainer_config(method_name: str, instance_loss: InstanceLoss, small: bool = 
             "proposal_networks": _optimizer(1e-2, 1e-4, 200_000),
             "fields": _optimizer(1e-2, 1e-4, 200_000),
             "camera_opt": _optimizer(1e-3, 1e-4, 5000),
+            # The trainer fits these two decays to their stages (from the loss's start step to the last step).
             "semantic_field": _optimizer(1e-2, 1e-3, steps),
             "instance_field": _optimizer(1e-2, 1e-3, steps),
         },
@@ -89,16 +92,23 @@ def trainer_config(method_name: str, instance_loss: InstanceLoss, small: bool = 
     )
 
 
+METHODS: Dict[str, InstanceLoss] = {
+    "contrastive-lift": "slow-fast",
+    "contrastive-lift-vanilla": "vanilla",
+    "linear-assignment-lift": "linear-assignment",
+}
+"""The registered full-size methods and their instance losses (the benchmarks compare these three)."""
+
 contrastive_lift = MethodSpecification(
-    config=trainer_config("contrastive-lift", "slow-fast"),
+    config=trainer_config("contrastive-lift", METHODS["contrastive-lift"]),
     description="Contrastive Lift (NeurIPS 2023): 2D instance masks → consistent 3D instances, slow-fast loss.",
 )
 contrastive_lift_vanilla = MethodSpecification(
-    config=trainer_config("contrastive-lift-vanilla", "vanilla"),
+    config=trainer_config("contrastive-lift-vanilla", METHODS["contrastive-lift-vanilla"]),
     description="Contrastive Lift with the vanilla contrastive loss (eq. 3) and no slow field.",
 )
 linear_assignment_lift = MethodSpecification(
-    config=trainer_config("linear-assignment-lift", "linear-assignment"),
+    config=trainer_config("linear-assignment-lift", METHODS["linear-assignment-lift"]),
     description="Panoptic Lifting's baseline: a fixed number of instance logits, Hungarian-matched per image.",
 )
 contrastive_lift_small = MethodSpecification(

@@ -7,16 +7,18 @@ quantiles of the ray's weight distribution, each carrying an equal share of the 
 proposal sampler spreads a surface's weight over many nearby samples, so a few quantiles render labels within
 about 1 % of the full sum at a fraction of its cost (the heaviest few samples would miss a fifth of it).
 
-Losses follow a schedule: RGB only at first, then the semantic cross-entropy, then the instance loss:
-``slow-fast`` (eq. 4 + eq. 5, the paper's method), ``vanilla`` (eq. 3) or ``linear-assignment`` (Panoptic
-Lifting's baseline). Embeddings become object ids by clustering (``InstanceClusters``), which is cached in
-the model, refreshed while training and saved with the checkpoint.
+A training batch holds uniform rays, which train colour, density and semantics, and instance rays drawn from
+2D segment pixels (``data/pixel_sampler.py``), which the instance loss alone uses; the data manager marks the
+latter in the ray bundle. Losses follow a schedule: RGB only at first, then the semantic cross-entropy, then
+the instance loss: ``slow-fast`` (eq. 4 + eq. 5, the paper's method), ``vanilla`` (eq. 3) or
+``linear-assignment`` (Panoptic Lifting's baseline). Embeddings become object ids by clustering
+(``InstanceClusters``), which is cached in the model, refreshed while training and saved with the checkpoint.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Type
@@ -27,22 +29,22 @@ from jaxtyping import Float
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.field_components.field_heads import FieldHeadNames
-from nerfstudio.field_components.spatial_distortions import SceneContraction
 from nerfstudio.model_components.losses import scale_gradients_by_distance_squared
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
+from contrastive_lift_ns import workarounds
 from contrastive_lift_ns.clustering.instance_clusters import ClusteringConfig, InstanceClusters
-from contrastive_lift_ns.data.dataset import ContrastiveLiftDataset
-from contrastive_lift_ns.data.pixel_sampler import random_pixels
-from contrastive_lift_ns.data.scene_format import SceneClasses
+from contrastive_lift_ns.data.scene_format import SceneClasses, SceneFormatError
+from contrastive_lift_ns.drawing.palette import embedding_colours, id_colours
 from contrastive_lift_ns.fields.label_field import LabelField, LabelFieldConfig
 from contrastive_lift_ns.fields.slow_field import SlowField
+from contrastive_lift_ns.keys import Batch, Output, RayMetadata
 from contrastive_lift_ns.losses.concentration import concentration_loss
 from contrastive_lift_ns.losses.contrastive import slow_fast_contrastive_loss, vanilla_contrastive_loss
 from contrastive_lift_ns.losses.linear_assignment import linear_assignment_loss
-from contrastive_lift_ns.viewer.palette import embedding_colours, id_colours
+from contrastive_lift_ns.validation import require
 
 InstanceLoss = Literal["slow-fast", "vanilla", "linear-assignment"]
 _INSTANCE_MODULES = ("instance_field.", "slow_field.", "clusters.")
@@ -60,20 +62,21 @@ class ContrastiveLiftModelConfig(NerfactoModelConfig):
     """D, the instance embedding size (the paper uses 3)."""
     slow_field_momentum: float = 0.9
     """EMA momentum of the slow field: slow ← m·slow + (1 − m)·fast after each step."""
-    max_instances: int = 64
-    """linear-assignment only: the fixed number of instance logits (an upper bound on objects)."""
-    instance_field: LabelFieldConfig = field(default_factory=LabelFieldConfig)
+    max_instances: int = 500
+    """linear-assignment only: the fixed number of instance logits, an upper bound on the objects (500: the
+    authors' setting for Panoptic Lifting on Messy Rooms)."""
+    instance_field: LabelFieldConfig = field(default_factory=lambda: LabelFieldConfig(log2_hashmap_size=18))
     """Hash grid and MLP of the instance field (the slow field copies it)."""
-    semantic_field: LabelFieldConfig = field(
-        default_factory=lambda: LabelFieldConfig(num_levels=8, max_res=256, log2_hashmap_size=15)
-    )
+    semantic_field: LabelFieldConfig = field(default_factory=lambda: LabelFieldConfig(log2_hashmap_size=18))
     """Hash grid and MLP of the semantic field."""
     label_samples_per_ray: int = 8
     """The label fields are evaluated at this many samples per ray, at the quantiles of its weights."""
     semantic_loss_mult: float = 0.1
     """Weight of the confidence-weighted semantic cross-entropy (the authors' 0.1)."""
     contrastive_temperature: float = 1.0
-    """Divides the contrastive similarities before the softmax (1: the authors' code)."""
+    """slow-fast: divides the similarities before the softmax (1: the authors' code, which ignores its 100)."""
+    vanilla_temperature: float = 100.0
+    """vanilla: divides the squared distances of positive pairs (negatives use 1), as the authors' code does."""
     instance_loss_mult: float = 1.0
     """Weight of the contrastive (or linear-assignment) loss."""
     concentration_loss_mult: float = 1.0
@@ -82,13 +85,25 @@ class ContrastiveLiftModelConfig(NerfactoModelConfig):
     """Step at which the semantic loss starts (RGB only before)."""
     instance_loss_start_step: int = 3000
     """Step at which the instance loss starts; geometry should be reasonable by then."""
-    freeze_scene: bool = False
-    """Train the instance field only: geometry, colour and semantics stay fixed (load them with
-    scene_checkpoint). This is the paper's protocol for comparing instance losses on one scene."""
-    scene_checkpoint: Optional[Path] = None
-    """A nerfstudio checkpoint of this model whose scene and semantic weights are loaded at start-up."""
+    instance_field_only: bool = False
+    """Train the instance field alone: geometry, colour and semantics stay as loaded from pretrained_checkpoint.
+    This is the paper's protocol for comparing instance losses on one scene."""
+    pretrained_checkpoint: Optional[Path] = None
+    """A nerfstudio checkpoint of this model whose geometry, colour and semantic weights are loaded at start-up."""
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     """How embeddings are clustered into objects."""
+
+    def __post_init__(self) -> None:
+        require(self, "embedding_dim", self.embedding_dim >= 1, "must be at least 1")
+        require(self, "max_instances", self.max_instances >= 1, "must be at least 1")
+        require(self, "label_samples_per_ray", self.label_samples_per_ray >= 1, "must be at least 1")
+        require(self, "slow_field_momentum", 0.0 <= self.slow_field_momentum < 1.0, "must lie in [0, 1)")
+        for name in ("contrastive_temperature", "vanilla_temperature"):
+            require(self, name, getattr(self, name) > 0, "must be positive")
+        for name in ("semantic_loss_mult", "instance_loss_mult", "concentration_loss_mult"):
+            require(self, name, getattr(self, name) >= 0, "must not be negative")
+        for name in ("semantic_loss_start_step", "instance_loss_start_step"):
+            require(self, name, getattr(self, name) >= 0, "must not be negative")
 
 
 class ContrastiveLiftModel(NerfactoModel):
@@ -99,19 +114,15 @@ class ContrastiveLiftModel(NerfactoModel):
     def populate_modules(self) -> None:
         if self.config.predict_normals:
             raise ValueError("contrastive-lift does not support --pipeline.model.predict-normals")
-        with without_lpips():
+        workarounds.activate()  # checkpoints of this model load and its videos render
+        with workarounds.without_lpips():
             super().populate_modules()
         self.scene_classes: SceneClasses = self.kwargs["metadata"]["scene_classes"]
         self.step = 0
-        contraction = None if self.config.disable_scene_contraction else SceneContraction(order=float("inf"))
+        volume = self.kwargs["metadata"]["label_volume"]
 
         def label_field(config: LabelFieldConfig, out_dim: int) -> LabelField:
-            return config.setup(
-                out_dim=out_dim,
-                aabb=self.scene_box.aabb,
-                spatial_distortion=contraction,
-                implementation=self.config.implementation,
-            )
+            return config.setup(out_dim=out_dim, volume=volume, implementation=self.config.implementation)
 
         self.semantic_field = label_field(self.config.semantic_field, len(self.scene_classes.names))
         linear = self.config.instance_loss == "linear-assignment"
@@ -123,31 +134,24 @@ class ContrastiveLiftModel(NerfactoModel):
             else None
         )
         self.clusters: InstanceClusters = self.config.clustering.setup(thing_classes=self.scene_classes.thing_ids)
-        self.training_views: Optional[ContrastiveLiftDataset] = None
-        self._cluster_pixels: Optional[Tuple[Tensor, Tensor, Tensor]] = None
         self.isolated_id = 0  # the viewer's selected object; 0 shows all
-
-        from contrastive_lift_ns.viewer.controls import ClusteringControls  # the viewer imports the model
-
-        self.viewer_controls = ClusteringControls(self)
-        if self.config.scene_checkpoint is not None:
-            self._load_scene(self.config.scene_checkpoint)
+        if self.config.pretrained_checkpoint is not None:
+            self._load_pretrained(self.config.pretrained_checkpoint)
 
     # ---------------------------------------------------------------- training set-up
 
     def get_param_groups(self) -> Dict[str, List[nn.Parameter]]:
         groups = {"instance_field": list(self.instance_field.parameters())}
-        if not self.config.freeze_scene:
+        if not self.config.instance_field_only:
             groups.update(super().get_param_groups())
             groups["semantic_field"] = list(self.semantic_field.parameters())
         return groups
 
     def get_training_callbacks(self, attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
-        callbacks = super().get_training_callbacks(attributes)
-        trainer = attributes.trainer
-        last_step = None
-        if trainer is not None:
-            last_step = getattr(trainer, "_start_step", 0) + trainer.config.max_num_iterations - 1
+        # nerfacto's callbacks anneal the proposal sampling over the first steps; with the instance field alone
+        # the loaded proposal networks are already trained, so the sampler keeps its trained state (anneal 1).
+        callbacks = [] if self.config.instance_field_only else super().get_training_callbacks(attributes)
+        last_step = getattr(attributes.trainer, "last_step", None)
 
         def set_step(step: int) -> None:
             self.step = step
@@ -160,7 +164,7 @@ class ContrastiveLiftModel(NerfactoModel):
             every = self.config.clustering.recluster_every
             since = step - self.config.instance_loss_start_step
             if self.uses_clustering and (step == last_step or (every > 0 and since > 0 and since % every == 0)):
-                self.recluster()
+                attributes.pipeline.recluster()
 
         callbacks.append(TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], set_step))
         callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], after_step))
@@ -174,45 +178,93 @@ class ContrastiveLiftModel(NerfactoModel):
     def uses_clustering(self) -> bool:
         return self.config.instance_loss != "linear-assignment"
 
-    def _load_scene(self, checkpoint: Path) -> None:
+    def objects_unavailable(self, step: int) -> Optional[str]:
+        """Why a checkpoint at ``step`` has no object ids yet (for an error message), or None when it has them."""
+        start = self.config.instance_loss_start_step
+        if step < start:
+            return (
+                f"the checkpoint is from step {step}, before the instance loss starts (instance_loss_start_step="
+                f"{start}), so it has no objects yet; train longer"
+            )
+        if self.uses_clustering and not self.clusters.fitted:
+            every = self.config.clustering.recluster_every
+            return (
+                f"the model was never clustered into objects (clustering runs at the last training step and every "
+                f"{every} steps after step {start}); train longer"
+            )
+        return None
+
+    def get_extra_state(self) -> Dict[str, Any]:
+        return {"semantic_classes": list(self.scene_classes.names)}
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        trained = tuple(state.get("semantic_classes", self.scene_classes.names))
+        if trained != tuple(self.scene_classes.names):
+            raise SceneFormatError(
+                f"the scene's semantic classes changed since training (cl-segment run again?): the checkpoint was "
+                f"trained on {_listed(trained)}, transforms.json now lists {_listed(self.scene_classes.names)}; "
+                "train again, or give the run the transforms.json it was trained with"
+            )
+
+    def _load_pretrained(self, checkpoint: Path) -> None:
         """Loads everything but the instance modules from a checkpoint, and insists that all of it is there."""
         state = torch.load(checkpoint, map_location="cpu")["pipeline"]
         state = {k[len("_model.") :]: v for k, v in state.items() if k.startswith("_model.")}
-        scene = {k: v for k, v in state.items() if not k.startswith(_INSTANCE_MODULES)}
-        missing, _ = self.load_state_dict(scene, strict=False)
+        pretrained = {k: v for k, v in state.items() if not k.startswith(_INSTANCE_MODULES)}
+        missing, _ = self.load_state_dict(pretrained, strict=False)
         missing = [k for k in missing if not k.startswith(_INSTANCE_MODULES)]
         if missing:
             raise ValueError(
-                f"{checkpoint} lacks {len(missing)} scene weights (e.g. {missing[0]}); it must come from this model "
-                "with the same sizes and the same --pipeline.model.implementation"
+                f"{checkpoint} lacks {len(missing)} weights of the geometry, colour or semantics (e.g. {missing[0]}); "
+                "it must come from this model with the same sizes and the same --pipeline.model.implementation"
             )
 
     # ---------------------------------------------------------------- rendering
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Any]:
-        with torch.no_grad() if self.config.freeze_scene else nullcontext():
+        marked = ray_bundle.metadata.get(RayMetadata.INSTANCE_RAY)
+        if marked is None:  # rendering views: every output of every ray
+            outputs, positions, weights = self._render(ray_bundle)
+            outputs[Output.SEMANTIC_LOGITS] = _render_field(self.semantic_field, positions, weights)
+            outputs[self.instance_output] = _render_field(self.instance_field, positions, weights)
+            return outputs
+        # A training (or evaluation-loss) batch: uniform rays first, then the instance rays.
+        uniform = int((~marked[:, 0]).sum())
+        outputs: Dict[str, Any] = {}
+        if not (self.training and self.config.instance_field_only):  # colour and semantics stay as loaded
+            outputs, positions, weights = self._render(ray_bundle[:uniform])
+            if self.training and self.step >= self.config.semantic_loss_start_step:
+                outputs[Output.SEMANTIC_LOGITS] = _render_field(self.semantic_field, positions, weights)
+        if self.training and self.step >= self.config.instance_loss_start_step and len(ray_bundle) > uniform:
+            with torch.no_grad():  # the instance loss trains the instance field only
+                _, positions, weights = self._render(ray_bundle[uniform:])
+            outputs.update(self._instance_outputs(positions, weights))
+        return outputs
+
+    def _instance_outputs(self, positions: Tensor, weights: Tensor) -> Dict[str, Tensor]:
+        """The instance rays' renders for the loss; with a slow field, even rays are rendered by the fast field
+        and odd rays by the slow one (each ray by one field, so the cost is that of one field)."""
+        if self.slow_field is None:
+            return {self.instance_output: _render_field(self.instance_field, positions, weights)}
+        fast = _render_field(self.instance_field, positions[0::2], weights[0::2])
+        with torch.no_grad():
+            slow = _render_field(self.slow_field, positions[1::2], weights[1::2])
+        return {Output.FAST_EMBEDDING: fast, Output.SLOW_EMBEDDING: slow}
+
+    def _render(self, ray_bundle: RayBundle) -> Tuple[Dict[str, Any], Tensor, Tensor]:
+        """The scene's outputs, and the positions and weights at which the label fields are rendered."""
+        with torch.no_grad() if self.config.instance_field_only else nullcontext():
             outputs, ray_samples, weights = self._render_scene(ray_bundle)
         # no_grad inside: label losses never reach the geometry through these positions or weights
         positions, label_weights = quantile_samples(
             ray_samples.frustums.get_positions(), weights, self.config.label_samples_per_ray
         )
+        return outputs, positions, label_weights
 
-        def render(field: nn.Module, take: slice = slice(None)) -> Tensor:
-            return (label_weights[take] * field(positions[take])).sum(-2)
-
-        training = self.training
-        if not training or (self.step >= self.config.semantic_loss_start_step and not self.config.freeze_scene):
-            outputs["semantic_logits"] = render(self.semantic_field)
-        if not training:
-            outputs["instance_values"] = render(self.instance_field)
-        elif self.step >= self.config.instance_loss_start_step:
-            if self.slow_field is None:
-                outputs["instance_values"] = render(self.instance_field)
-            else:  # each ray is rendered by one field only: even rays fast, odd rays slow
-                outputs["fast_embedding"] = render(self.instance_field, slice(0, None, 2))
-                with torch.no_grad():
-                    outputs["slow_embedding"] = render(self.slow_field, slice(1, None, 2))
-        return outputs
+    @property
+    def instance_output(self) -> str:
+        """The key of the instance field's render: an embedding, or linear assignment's logits."""
+        return Output.INSTANCE_LOGITS if self.config.instance_loss == "linear-assignment" else Output.EMBEDDING
 
     def _render_scene(self, ray_bundle: RayBundle) -> Tuple[Dict[str, Any], RaySamples, Tensor]:
         """nerfacto's scene rendering, returning the final samples and weights for the label fields."""
@@ -239,119 +291,104 @@ class ContrastiveLiftModel(NerfactoModel):
     @torch.no_grad()
     def get_outputs_for_camera_ray_bundle(self, camera_ray_bundle: RayBundle) -> Dict[str, Tensor]:
         outputs = super().get_outputs_for_camera_ray_bundle(camera_ray_bundle)
-        outputs.update(self.segment(outputs.pop("semantic_logits"), outputs.pop("instance_values")))
+        outputs.update(self.label_images(outputs.pop(Output.SEMANTIC_LOGITS), outputs.pop(self.instance_output)))
         return outputs
 
-    def segment(self, semantic_logits: Tensor, instance_values: Tensor) -> Dict[str, Tensor]:
+    def label_images(self, semantic_logits: Tensor, instance_render: Tensor) -> Dict[str, Tensor]:
         """Raw label renders → images: ``semantic_class`` and ``instance_id`` (float ids, 1 channel), their
-        palette colours ``semantics`` and ``instance``, and ``instance_embedding`` colours.
+        palette colours ``semantics`` and ``instance``, and the embedding's colours (``keys.Output``).
 
-        ``instance`` appears once the model has been clustered (linear-assignment needs no clustering).
+        ``instance_render`` is the embedding, or linear assignment's logits. Instance ids appear once the model
+        has been clustered (linear-assignment needs no clustering).
         """
         classes = semantic_logits.argmax(-1)
-        thing = torch.as_tensor(self.scene_classes.is_thing, device=classes.device)[classes]
-        images = {"semantic_class": classes[..., None].float(), "semantics": id_colours(classes)}
+        images = {Output.SEMANTIC_CLASS: classes[..., None].float(), Output.SEMANTICS: id_colours(classes)}
         if self.uses_clustering:
-            images["instance_embedding"] = embedding_colours(instance_values)
+            images[Output.EMBEDDING_COLOURS] = embedding_colours(instance_render)
             if not self.clusters.fitted:
                 return images
-            ids = self.clusters.assign(instance_values, classes)
+            ids = self.clusters.assign(instance_render, classes)
         else:
-            ids = torch.where(thing, instance_values.argmax(-1) + 1, torch.zeros_like(classes))
-        images["instance_id"] = ids[..., None].float()
+            thing = torch.as_tensor(self.scene_classes.is_thing, device=classes.device)[classes]
+            ids = torch.where(thing, instance_render.argmax(-1) + 1, torch.zeros_like(classes))
+        images[Output.INSTANCE_ID] = ids[..., None].float()
         colours = id_colours(ids)
         if self.isolated_id:
             dimmed = 0.25 * colours.mean(-1, keepdim=True).expand_as(colours)
             colours = torch.where((ids == self.isolated_id)[..., None], colours, dimmed)
-        images["instance"] = colours
+        images[Output.INSTANCE] = colours
         return images
 
     # ---------------------------------------------------------------- clustering
 
-    def set_training_views(self, dataset: ContrastiveLiftDataset) -> None:
-        """The views whose pixels are clustered (set by the pipeline)."""
-        self.training_views = dataset
-        self._cluster_pixels = None
-
-    def _sample_pixels(self, count: int, seed: int) -> Tuple[Tensor, Tensor, Tensor]:
-        """(view index, (y, x) pixel centre, 2D segment id) of ``count`` random training pixels."""
-        views, yx = random_pixels(self.training_views.cameras, count, seed)
-        segments = torch.zeros(count, dtype=torch.long)
-        for view in views.unique().tolist():  # one label map in memory at a time
-            here = views == view
-            pixel = yx[here].long()
-            segments[here] = self.training_views.segments_of(view)[pixel[:, 0], pixel[:, 1]]
-        return views, yx, segments
-
     @torch.no_grad()
-    def recluster(self, num_pixels: Optional[int] = None, seed: Optional[int] = None) -> Dict[str, Any]:
-        """Renders pixels sampled from the training views and re-fits the cluster centroids.
-
-        By default the same ``clustering.num_pixels`` pixels every time (sampled once, with their 2D segments);
-        ``num_pixels`` or ``seed`` draw a new sample.
-        """
-        if not self.uses_clustering:
-            raise ValueError("linear-assignment-lift predicts instance ids directly; it has nothing to cluster")
-        if self.training_views is None:
-            raise RuntimeError("no training views to sample pixels from (the pipeline sets them)")
-        start = time.perf_counter()
-        if num_pixels is not None or seed is not None:
-            sample = self._sample_pixels(num_pixels or self.config.clustering.num_pixels, seed or 0)
-        else:
-            if self._cluster_pixels is None:
-                self._cluster_pixels = self._sample_pixels(self.config.clustering.num_pixels, 0)
-            sample = self._cluster_pixels
-        views, yx, segments = sample
-        cameras = self.training_views.cameras.to(self.device)
-        rays = cameras.generate_rays(camera_indices=views[:, None].to(self.device), coords=yx.to(self.device))
+    def render_rays(self, rays: RayBundle) -> Dict[str, Tensor]:
+        """Every output of a flat bundle of rays, rendered in evaluation mode chunk by chunk."""
         was_training = self.training
         self.eval()
         try:
             chunk = self.config.eval_num_rays_per_chunk
-            outputs = [self.forward(rays[i : i + chunk]) for i in range(0, len(views), chunk)]
+            chunks = [self.forward(rays[i : i + chunk]) for i in range(0, len(rays), chunk)]
         finally:
             self.train(was_training)
-        embeddings = torch.cat([o["instance_values"] for o in outputs])
-        classes = torch.cat([o["semantic_logits"] for o in outputs]).argmax(-1)
+        return {key: torch.cat([c[key] for c in chunks]) for key, value in chunks[0].items() if torch.is_tensor(value)}
+
+    @torch.no_grad()
+    def fit_clusters(
+        self, rays: RayBundle, segments: Tensor, views: Tensor, min_cluster_size: Optional[int] = None
+    ) -> Dict[str, Any]:
+        """Renders the embeddings of training pixels and clusters them into objects (``InstanceClusters.fit``).
+
+        ``segments`` and ``views`` are each pixel's 2D segment id and training view; ``min_cluster_size``
+        overrides the configured one (None: the configuration's, or the automatic choice).
+        """
+        if not self.uses_clustering:
+            raise ValueError("linear-assignment-lift predicts instance ids directly; it has nothing to cluster")
+        start = time.perf_counter()
+        outputs = self.render_rays(rays)
         render_time = time.perf_counter() - start
-        stats = self.clusters.fit(embeddings, classes, segments, views)
+        classes = outputs[Output.SEMANTIC_LOGITS].argmax(-1)
+        stats = self.clusters.fit(outputs[Output.EMBEDDING], classes, segments, views, min_cluster_size)
         total = time.perf_counter() - start
+        sizes = ", ".join(str(s["min_cluster_size"]) for s in stats.values())
         CONSOLE.log(
-            f"Clustered {len(views)} pixels into {len(self.clusters.ids)} objects in {total:.1f} s "
-            f"(render {render_time:.1f} s, HDBSCAN {total - render_time:.1f} s)"
+            f"Clustered {len(rays)} pixels into {len(self.clusters.ids)} objects in {total:.1f} s "
+            f"(render {render_time:.1f} s; min cluster size {sizes or '-'})"
         )
         return {"per_class": stats, "objects": len(self.clusters.ids), "seconds": total, "render_seconds": render_time}
 
     # ---------------------------------------------------------------- losses and metrics
 
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
+        return super().get_metrics_dict(outputs, batch) if "rgb" in outputs else {}  # no colour: instances only
+
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
-        scene_frozen = self.training and self.config.freeze_scene  # evaluation still reports the RGB loss
-        losses = {} if scene_frozen else super().get_loss_dict(outputs, batch, metrics_dict)
-        if "semantic_logits" in outputs and self.training:  # not rendered while the scene is frozen
-            target = batch["semantics"].to(self.device).view(-1)
-            confidence = batch["confidence"].to(self.device).view(-1)
-            cross_entropy = F.cross_entropy(outputs["semantic_logits"], target, reduction="none")
+        losses = super().get_loss_dict(outputs, batch, metrics_dict) if "rgb" in outputs else {}
+        if self.training and Output.SEMANTIC_LOGITS in outputs:
+            target = batch[Batch.SEMANTICS].to(self.device).view(-1)
+            confidence = batch[Batch.CONFIDENCE].to(self.device).view(-1)
+            cross_entropy = F.cross_entropy(outputs[Output.SEMANTIC_LOGITS], target, reduction="none")
             losses["semantic_loss"] = self.config.semantic_loss_mult * (cross_entropy * confidence).mean()
-        if self.training and self.step >= self.config.instance_loss_start_step:
+        if self.training and (Output.FAST_EMBEDDING in outputs or self.instance_output in outputs):
             losses.update(self._instance_losses(outputs, batch))
         return losses
 
     def _instance_losses(self, outputs: Dict[str, Tensor], batch: Dict[str, Any]) -> Dict[str, Tensor]:
-        per_image = batch["rays_per_image"]
-        labels = batch["segments"].to(self.device).view(-1, per_image)
-        confidence = batch["confidence"].to(self.device).view(-1, per_image)
+        """The instance loss on the instance rays, ``images × rays_per_image`` of them, image by image."""
+        per_image = batch[Batch.RAYS_PER_IMAGE]
+        labels = batch[Batch.INSTANCE_SEGMENTS].to(self.device).view(-1, per_image)
+        confidence = batch[Batch.INSTANCE_CONFIDENCE].to(self.device).view(-1, per_image)
         mult = self.config.instance_loss_mult
         if self.config.instance_loss == "linear-assignment":
-            logits = outputs["instance_values"].view(*labels.shape, -1)
+            logits = outputs[Output.INSTANCE_LOGITS].view(*labels.shape, -1)
             return {"instance_loss": mult * linear_assignment_loss(logits, labels, confidence)}
         if self.config.instance_loss == "vanilla":
-            embeddings = outputs["instance_values"].view(*labels.shape, -1)
+            embeddings = outputs[Output.EMBEDDING].view(*labels.shape, -1)
             return {
-                "instance_loss": mult
-                * vanilla_contrastive_loss(embeddings, labels, self.config.contrastive_temperature)
+                "instance_loss": mult * vanilla_contrastive_loss(embeddings, labels, self.config.vanilla_temperature)
             }
-        fast = outputs["fast_embedding"].view(labels.shape[0], per_image // 2, -1)
-        slow = outputs["slow_embedding"].view(labels.shape[0], per_image // 2, -1)
+        fast = outputs[Output.FAST_EMBEDDING].view(labels.shape[0], per_image // 2, -1)
+        slow = outputs[Output.SLOW_EMBEDDING].view(labels.shape[0], per_image // 2, -1)
         fast_labels, slow_labels = labels[:, 0::2], labels[:, 1::2]
         return {
             "instance_loss": mult
@@ -365,12 +402,22 @@ class ContrastiveLiftModel(NerfactoModel):
     ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
         metrics, images = super().get_image_metrics_and_images(outputs, batch)
         metrics.pop("lpips")  # disabled: its weights would be downloaded
-        images["semantics"] = torch.cat(
-            [id_colours(batch["semantics"][..., 0]).to(self.device), outputs["semantics"]], 1
+        images[Output.SEMANTICS] = torch.cat(
+            [id_colours(batch[Batch.SEMANTICS][..., 0]).to(self.device), outputs[Output.SEMANTICS]], 1
         )
-        if "instance" in outputs:
-            images["instance"] = outputs["instance"]
+        if Output.INSTANCE in outputs:
+            images[Output.INSTANCE] = outputs[Output.INSTANCE]
         return metrics, images
+
+
+def _listed(names) -> str:
+    shown = ", ".join(list(names)[:5])
+    return f"[{shown}{', …' if len(names) > 5 else ''}] ({len(names)} classes)"
+
+
+def _render_field(field: nn.Module, positions: Tensor, weights: Tensor) -> Tensor:
+    """A label field's volume render at the quantile samples of ``_render``."""
+    return (weights * field(positions)).sum(-2)
 
 
 @torch.no_grad()
@@ -387,26 +434,3 @@ def quantile_samples(
     index = index.clamp_max(cdf.shape[-1] - 1)
     positions = torch.gather(positions, -2, index[..., None].expand(*index.shape, 3))
     return positions, (accumulation / count).expand(*index.shape, 1)
-
-
-class _NoLPIPS(nn.Module):
-    """Stands in for torchmetrics' LPIPS, which downloads AlexNet weights when built."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__()
-
-    def forward(self, *args) -> Tensor:
-        return torch.tensor(float("nan"))
-
-
-@contextmanager
-def without_lpips():
-    """Builds nerfacto without LPIPS: it would download AlexNet weights, and building must work offline."""
-    import torchmetrics.image.lpip as lpip
-
-    original = lpip.LearnedPerceptualImagePatchSimilarity
-    lpip.LearnedPerceptualImagePatchSimilarity = _NoLPIPS
-    try:
-        yield
-    finally:
-        lpip.LearnedPerceptualImagePatchSimilarity = original

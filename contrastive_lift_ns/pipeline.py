@@ -1,32 +1,40 @@
-"""nerfstudio's pipeline, wired for clustering and scene-level evaluation."""
+"""nerfstudio's pipeline, wired for clustering and scene-level evaluation.
+
+The pipeline joins the data side and the model for the two things that need both: clustering (the data manager
+samples pixels of the training views with their 2D segments, the model renders and fits them) and the
+scene-level metrics of ``ns-eval`` (PQ^scene needs every test view at once).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Literal, Optional, Type
+from typing import Any, Dict, Literal, Optional, Type
 
 import torch
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from torch.cuda.amp.grad_scaler import GradScaler
 
+from contrastive_lift_ns.data.datamanager import ContrastiveLiftDataManager, PixelSample
+from contrastive_lift_ns.drawing.images import save_rgb
 from contrastive_lift_ns.evaluation.scene_evaluation import evaluate
+from contrastive_lift_ns.keys import Output
 from contrastive_lift_ns.model import ContrastiveLiftModel
-from contrastive_lift_ns.viewer.images import save_rgb
+from contrastive_lift_ns.viewer.controls import ClusteringControls
 
 
 @dataclass
 class ContrastiveLiftPipelineConfig(VanillaPipelineConfig):
-    """VanillaPipeline whose model clusters pixels of the training views."""
+    """VanillaPipeline that clusters the model's embeddings into objects and scores whole scenes."""
 
     _target: Type = field(default_factory=lambda: ContrastiveLiftPipeline)
     """Target class to instantiate."""
 
 
 class ContrastiveLiftPipeline(VanillaPipeline):
-    """Hands the training views to the model, which samples their pixels for clustering, and adds the
-    scene-level metrics (PQ^scene needs every view at once) to ``ns-eval``."""
+    """Clusters pixels of the training views into objects, and adds PQ^scene to ``ns-eval``."""
 
+    datamanager: ContrastiveLiftDataManager
     model: ContrastiveLiftModel
 
     def __init__(
@@ -39,13 +47,31 @@ class ContrastiveLiftPipeline(VanillaPipeline):
         grad_scaler: Optional[GradScaler] = None,
     ) -> None:
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
-        self.model.set_training_views(self.datamanager.train_dataset)
+        self._cluster_pixels: Optional[PixelSample] = None
+        self.viewer_controls = ClusteringControls(self)
+
+    def recluster(
+        self, num_pixels: Optional[int] = None, seed: Optional[int] = None, min_cluster_size: Optional[int] = None
+    ) -> Dict[str, Any]:
+        """Clusters the embeddings of training pixels into objects (``ContrastiveLiftModel.fit_clusters``).
+
+        By default the same ``clustering.num_pixels`` pixels every time; ``num_pixels`` or ``seed`` draw others.
+        ``min_cluster_size`` overrides the configured size for this clustering (the viewer's slider).
+        """
+        if num_pixels is not None or seed is not None:
+            sample = self.datamanager.training_pixels(num_pixels or self.model.config.clustering.num_pixels, seed or 0)
+        else:
+            if self._cluster_pixels is None:
+                self._cluster_pixels = self.datamanager.training_pixels(self.model.config.clustering.num_pixels, 0)
+            sample = self._cluster_pixels
+        rays = self.datamanager.train_ray_generator(sample.indices.to(self.device))
+        return self.model.fit_clusters(rays, sample.segments, sample.indices[:, 0], min_cluster_size)
 
     def get_average_eval_image_metrics(
         self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False
     ) -> Dict[str, float]:
         def save(index: int, outputs: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]) -> None:
-            for key in ("rgb", "semantics", "instance"):
+            for key in ("rgb", Output.SEMANTICS, Output.INSTANCE):
                 if key in outputs:
                     save_rgb(output_path / f"eval_{index:04d}_{key}.png", outputs[key])
 
@@ -54,4 +80,4 @@ class ContrastiveLiftPipeline(VanillaPipeline):
         self.eval()
         metrics = evaluate(self, on_view=save if output_path is not None else None, with_std=get_std)
         self.train()
-        return metrics
+        return {key: value for key, value in metrics.items() if isinstance(value, (int, float))}  # for its writers

@@ -13,8 +13,8 @@ import pytest
 from nerfstudio.scripts.train import train_loop
 from PIL import Image
 
+from contrastive_lift_ns.generator.writer import MakeSceneConfig, make_scene
 from contrastive_lift_ns.method_configs import contrastive_lift_small
-from contrastive_lift_ns.scripts.make_scene import MakeSceneConfig, make_scene
 
 
 def write_flat_scene(root: Path, frames: int = 4, size: int = 16, seed: int = 0) -> Path:

@@ -7,9 +7,10 @@ import json
 import pytest
 from nerfstudio.utils import writer
 
-from contrastive_lift_ns.benchmarks import speed
-from contrastive_lift_ns.benchmarks.lift import METHODS, LiftBenchmark
+from contrastive_lift_ns.benchmarks import lift, speed
+from contrastive_lift_ns.benchmarks.lift import LiftBenchmark
 from contrastive_lift_ns.benchmarks.loss_cost import LossCostBenchmark
+from contrastive_lift_ns.method_configs import METHODS
 
 
 def test_the_loss_cost_benchmark_times_every_loss_for_every_label_count(capsys):
@@ -23,16 +24,25 @@ def test_the_loss_cost_benchmark_times_every_loss_for_every_label_count(capsys):
 @pytest.mark.slow
 def test_the_lift_benchmark_trains_evaluates_and_reports_every_method(tmp_path, monkeypatch):
     tiny = {"views": 6, "resolution": 16, "scene_steps": 3, "instance_steps": 12, "small": True}
-    monkeypatch.setattr(LiftBenchmark, "profile", lambda self: tiny)
+    monkeypatch.setitem(lift.PROFILES, "quick", tiny)
     out = tmp_path / "lift"
-    summary = LiftBenchmark(output_dir=out, objects=(2, 3), workers=2).main()  # two scenes in parallel processes
+    benchmark = LiftBenchmark(
+        output_dir=out, profile="quick", objects=(2, 3), seeds=(0, 1), sweep_min_cluster_size=(5,), workers=2
+    )  # two scenes at a time, in parallel processes
+    summary = benchmark.main()
 
-    assert [(row["objects"], row["method"]) for row in summary["rows"]] == [(n, m) for n in (2, 3) for m in METHODS]
-    for row in summary["rows"]:
+    trained = [r for r in summary["rows"] if not r.get("swept")]
+    expected = [(n, seed, m) for seed in (0, 1) for n in (2, 3) for m in METHODS]
+    assert [(r["objects"], r["seed"], r["method"]) for r in trained] == expected
+    for row in trained:
         assert 0.0 <= row["pq_scene"] <= 1.0 and row["num_objects_gt"] >= 1 and row["step_ms"] > 0
+        assert all(key in row for key in ("pq_scene_things", "miou", "psnr", "num_objects_pred", "min_cluster_size"))
+    swept = [r for r in summary["rows"] if r.get("swept")]
+    assert len(swept) == 4 and all(r["min_cluster_size"] == 5 and r["method"] == "contrastive-lift" for r in swept)
     assert json.loads((out / "results.json").read_text())["rows"] == summary["rows"]
     table = (out / "results.md").read_text()
     assert all(f"| {method} |" in table for method in METHODS)
+    assert "±" in table and "seeds: [0, 1]" in table and "| 5 |" in table  # spread over seeds, and the sweep
     assert (out / "pq_scene.png").stat().st_size > 0 and (out / "speed.png").stat().st_size > 0
 
 
@@ -52,7 +62,7 @@ def test_the_speed_benchmark_reports_every_figure_the_issue_asks_for(tmp_path, m
     assert ratio["nerfacto_step_ms"] > 0 and ratio["contrastive_lift_step_ms"] > 0 and ratio["ratio"] > 0
     assert ratio["nerfacto_peak_mb"] > 0 and ratio["contrastive_lift_peak_mb"] > 0
     stage = [(row["method"], row["objects"]) for row in results["instance_stage"]]
-    assert stage == [(method, n) for method in speed.LOSSES for n in (2, 3)]
+    assert stage == [(method, n) for method in METHODS for n in (2, 3)]
     assert all(row["step_ms"] > 0 and row["peak_mb"] > 0 for row in results["instance_stage"])
     assert [row["pixels"] for row in results["clustering"]] == [300]
     assert results["rendering"][0]["size"] == 16 and results["rendering"][0]["fps"] > 0

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from contrastive_lift_ns.clustering.instance_clusters import ClusteringConfig, InstanceClusters
-from contrastive_lift_ns.viewer.palette import embedding_colours, id_colours
+from contrastive_lift_ns.drawing.palette import embedding_colours, id_colours
 
 
 def _blobs(centres, per_blob=300, spread=0.05, seed=0):
@@ -68,7 +68,7 @@ def test_min_cluster_size_is_chosen_to_reproduce_the_2d_segments():
     segments = obj * 7 + views + 1  # arbitrary ids, new in every view
     clusters = _clusters()
     stats = clusters.fit(points, torch.ones(len(points), dtype=torch.long), segments, views)
-    assert stats[1]["clusters"] == 4 and stats[1]["f1"] > 0.95, stats
+    assert stats[1]["clusters"] == 4 and stats[1]["score"] > 0.95, stats
     ids = clusters.assign(points, torch.ones(len(points), dtype=torch.long))
     assert all(len(ids[obj == o].unique()) == 1 for o in range(4))
     assert _clusters(min_cluster_size=20).fit(points, torch.ones(len(points), dtype=torch.long))[1]["clusters"] == 8

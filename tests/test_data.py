@@ -8,12 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from nerfstudio.cameras.rays import RayBundle
 from PIL import Image
 
+from contrastive_lift_ns.data.datamanager import _mark_instance_rays
 from contrastive_lift_ns.data.dataparser import ContrastiveLiftDataParserConfig
 from contrastive_lift_ns.data.dataset import ContrastiveLiftDataset
-from contrastive_lift_ns.data.pixel_sampler import PerImagePixelSamplerConfig
+from contrastive_lift_ns.data.pixel_sampler import ContrastivePixelSamplerConfig
 from contrastive_lift_ns.data.scene_format import SceneFormatError
+from contrastive_lift_ns.keys import Batch, RayMetadata
 
 
 def _outputs(scene: Path, split: str = "train"):
@@ -87,7 +90,7 @@ def test_labels_are_resized_with_nearest_neighbour(flat_scene):
         ("no_key", "has no 'segments_path'"),
         ("missing_file", "file not found"),
         ("corrupt_file", "unreadable"),
-        ("size", "but its image is 16×16"),
+        ("size", "is 16×12 (W×H) but must be 16×16, its image's size"),
         ("float_npy", "must hold integer ids"),
         ("rgb_png", "single-channel"),
     ],
@@ -124,22 +127,49 @@ def test_semantic_id_outside_the_class_list_is_an_error(flat_scene):
         dataset[2]
 
 
-def test_sampler_draws_contiguous_rays_from_k_images(flat_scene):
+def test_instance_rays_lie_on_segment_pixels_image_by_image(flat_scene):
     dataset = ContrastiveLiftDataset(_outputs(flat_scene))
-    batch = {key: torch.stack([dataset[i][key] for i in range(3)]) for key in ("image", "segments")}
+    keys = ("image", Batch.SEGMENTS, Batch.SEMANTICS, Batch.CONFIDENCE)
+    batch = {key: torch.stack([dataset[i][key] for i in range(3)]) for key in keys}
     batch["image_idx"] = torch.tensor([10, 11, 12])  # absolute camera indices of the cached images
-    sampler = PerImagePixelSamplerConfig(images_per_batch=2).setup(num_rays_per_batch=64)
+    sampler = ContrastivePixelSamplerConfig(images_per_batch=2, rays_per_image=16).setup(num_rays_per_batch=40)
     out = sampler.sample(batch)
-    assert out["rays_per_image"] == 32
-    cameras = out["indices"][:, 0].view(2, 32)
-    assert (cameras == cameras[:, :1]).all() and cameras[0, 0] != cameras[1, 0]
+    # nerfstudio's uniform rays first (colour and semantics), then the instance rays
+    assert len(out["image"]) == len(out[Batch.SEMANTICS]) == 40 and len(out["indices"]) == 40 + 2 * 16
+    assert out[Batch.RAYS_PER_IMAGE] == 16 and out[Batch.INSTANCE_SEGMENTS].shape == (32, 1)
+    instance = out["indices"][40:]
+    cameras = instance[:, 0].view(2, 16)
+    assert (cameras == cameras[:, :1]).all() and cameras[0, 0] != cameras[1, 0]  # one image per block
     assert set(cameras[:, 0].tolist()) <= {10, 11, 12}
-    # each ray carries its own pixel's segment id
-    for ray in range(0, 64, 7):
-        c, y, x = out["indices"][ray].tolist()
-        assert out["segments"][ray] == dataset[c - 10]["segments"][y, x]
+    for (c, y, x), segment in zip(instance.tolist(), out[Batch.INSTANCE_SEGMENTS][:, 0].tolist()):
+        assert segment != 0 and segment == dataset[c - 10][Batch.SEGMENTS][y, x]  # a segment pixel, its own id
 
 
-def test_sampler_rejects_batches_that_do_not_split_evenly():
-    with pytest.raises(ValueError, match="images_per_batch"):
-        PerImagePixelSamplerConfig(images_per_batch=3).setup(num_rays_per_batch=64)
+def test_uniform_rays_still_cover_pixels_without_a_segment(flat_scene):
+    dataset = ContrastiveLiftDataset(_outputs(flat_scene))
+    keys = ("image", Batch.SEGMENTS, Batch.SEMANTICS, Batch.CONFIDENCE)
+    batch = {key: torch.stack([dataset[i][key] for i in range(3)]) for key in keys}
+    batch["image_idx"] = torch.arange(3)
+    out = (
+        ContrastivePixelSamplerConfig(images_per_batch=1, rays_per_image=8).setup(num_rays_per_batch=400).sample(batch)
+    )
+    assert (out[Batch.SEGMENTS][:, 0] == 0).float().mean() > 0.2  # half of each flat image has no segment
+
+
+def test_data_manager_marks_the_instance_rays():
+    rays = RayBundle(
+        origins=torch.zeros(7, 3),
+        directions=torch.ones(7, 3),
+        pixel_area=torch.ones(7, 1),
+        camera_indices=torch.zeros(7, 1, dtype=torch.long),
+    )
+    marked, _ = _mark_instance_rays(rays, {"image": torch.zeros(4, 3)})
+    assert marked.metadata[RayMetadata.INSTANCE_RAY][:, 0].tolist() == [False] * 4 + [True] * 3
+
+
+def test_sampler_rejects_odd_or_empty_instance_batches():
+    for rays in (0, 7):
+        with pytest.raises(ValueError, match="rays-per-image"):
+            ContrastivePixelSamplerConfig(rays_per_image=rays)
+    with pytest.raises(ValueError, match="images-per-batch"):
+        ContrastivePixelSamplerConfig(images_per_batch=0)

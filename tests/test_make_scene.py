@@ -20,10 +20,11 @@ from contrastive_lift_ns.data.scene_format import (
     read_confidence,
     read_label_map,
 )
-from contrastive_lift_ns.scenes.messy_room import make_room
-from contrastive_lift_ns.scenes.raycast import Renderer
-from contrastive_lift_ns.scenes.segmenter_noise import PRESETS, SegmenterNoiseConfig, simulate_segments
-from contrastive_lift_ns.scripts.make_scene import MakeSceneConfig, MakeSceneError, entrypoint, make_scene
+from contrastive_lift_ns.generator.raycast import Renderer
+from contrastive_lift_ns.generator.room import make_room
+from contrastive_lift_ns.generator.segmenter_noise import PRESETS, SegmenterNoiseConfig, simulate_segments
+from contrastive_lift_ns.generator.writer import MakeSceneConfig, MakeSceneError, make_scene
+from contrastive_lift_ns.scripts.make_scene import entrypoint
 
 CLEAN = PRESETS["clean"]
 

@@ -1,18 +1,27 @@
-"""The model in isolation: offline construction, detached label rendering, the slow field's EMA."""
+"""The model in isolation: offline construction, detached label rendering, the instance rays' layout, the slow
+field's EMA, the instance-field-only stage."""
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
 import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
 
+from contrastive_lift_ns.data.dataparser import ContrastiveLiftDataParserConfig
+from contrastive_lift_ns.data.label_volume import LabelVolume
 from contrastive_lift_ns.data.scene_format import SceneClasses
 from contrastive_lift_ns.fields.label_field import LabelFieldConfig
+from contrastive_lift_ns.generator.writer import MakeSceneConfig, make_scene
+from contrastive_lift_ns.keys import Batch, Output, RayMetadata
 from contrastive_lift_ns.method_configs import trainer_config
 from contrastive_lift_ns.model import quantile_samples
+
+VOLUME = LabelVolume(center=(0.0, 0.0, 0.0), half_extent=(1.0, 1.0, 1.0), pixel_footprint=0.01)
 
 
 def build_model(instance_loss: str = "slow-fast", **overrides):
@@ -22,21 +31,39 @@ def build_model(instance_loss: str = "slow-fast", **overrides):
     for key, value in overrides.items():
         setattr(config, key, value)
     scene_box = SceneBox(aabb=torch.tensor([[-1.0, -1, -1], [1, 1, 1]]))
-    return config.setup(scene_box=scene_box, num_train_data=4, metadata={"scene_classes": SceneClasses()})
+    metadata = {"scene_classes": SceneClasses(), "label_volume": VOLUME}
+    return config.setup(scene_box=scene_box, num_train_data=4, metadata=metadata)
 
 
-def random_rays(count: int) -> RayBundle:
+def random_rays(count: int, instance_rays: int = 0) -> RayBundle:
+    """``count`` rays into the unit cube; the last ``instance_rays`` of them marked as instance rays."""
     generator = torch.Generator().manual_seed(0)
     origins = torch.tensor([0.0, 0.0, 2.5]).expand(count, 3)
     directions = torch.nn.functional.normalize(
         torch.randn(count, 3, generator=generator) * 0.2 + torch.tensor([0.0, 0.0, -1.0]), dim=-1
     )
-    return RayBundle(
+    rays = RayBundle(
         origins=origins.clone(),
         directions=directions,
         pixel_area=torch.full((count, 1), 1e-4),
         camera_indices=torch.zeros(count, 1, dtype=torch.long),
     )
+    if instance_rays:
+        rays.metadata[RayMetadata.INSTANCE_RAY] = torch.arange(count)[:, None] >= count - instance_rays
+    return rays
+
+
+def training_batch(uniform: int, images: int, per_image: int) -> dict:
+    """A batch as the pixel sampler makes it: uniform rays' labels, then the instance rays' segments."""
+    generator = torch.Generator().manual_seed(1)
+    return {
+        "image": torch.rand(uniform, 3, generator=generator),
+        Batch.SEMANTICS: torch.randint(0, 2, (uniform, 1), generator=generator),
+        Batch.CONFIDENCE: torch.ones(uniform, 1),
+        Batch.INSTANCE_SEGMENTS: torch.randint(1, 4, (images * per_image, 1), generator=generator),
+        Batch.INSTANCE_CONFIDENCE: torch.ones(images * per_image, 1),
+        Batch.RAYS_PER_IMAGE: per_image,
+    }
 
 
 def test_building_the_model_needs_no_network(monkeypatch):
@@ -79,18 +106,10 @@ def test_quantile_label_samples_estimate_the_full_render():
 def test_label_losses_send_no_gradient_to_density_or_colour(instance_loss):
     model = build_model(instance_loss)
     model.train()
-    outputs = model(random_rays(64))
-    batch = {
-        "segments": torch.randint(1, 4, (64, 1)),
-        "semantics": torch.randint(0, 2, (64, 1)),
-        "confidence": torch.ones(64, 1),
-        "rays_per_image": 32,
-    }
-    losses = model.get_loss_dict(
-        outputs,
-        {**batch, "image": torch.rand(64, 3)},
-        model.get_metrics_dict(outputs, batch | {"image": torch.rand(64, 3)}),
-    )
+    outputs = model(random_rays(128, instance_rays=64))
+    batch = training_batch(64, 2, 32)
+    losses = model.get_loss_dict(outputs, batch, model.get_metrics_dict(outputs, batch))
+    assert {"rgb_loss", "semantic_loss", "instance_loss"} <= set(losses)
     label_loss = sum(
         value for key, value in losses.items() if key in ("semantic_loss", "instance_loss", "concentration_loss")
     )
@@ -101,6 +120,38 @@ def test_label_losses_send_no_gradient_to_density_or_colour(instance_loss):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.semantic_field.parameters())
     if model.slow_field is not None:
         assert all(p.grad is None for p in model.slow_field.parameters())
+
+
+def test_uniform_rays_train_colour_and_semantics_and_instance_rays_the_instance_field(monkeypatch):
+    model = build_model()
+    model.train()
+    rays = random_rays(96, instance_rays=32)
+    rays.origins[:, 0] = torch.arange(96) * 0.01  # straight down, each at its own x: a field can tell them apart
+    rays.directions[:] = torch.tensor([0.0, 0.0, -1.0])
+
+    def marker(sign: float):
+        return lambda positions: torch.stack(
+            [positions[..., 0], torch.ones_like(positions[..., 0]), torch.full_like(positions[..., 0], sign)], -1
+        )
+
+    monkeypatch.setattr(model.instance_field, "forward", marker(1.0))
+    monkeypatch.setattr(model.slow_field, "forward", marker(-1.0))
+    outputs = model(rays)
+    assert outputs["rgb"].shape == (64, 3) and outputs[Output.SEMANTIC_LOGITS].shape[0] == 64
+    # Even instance rays are rendered by the fast field, odd ones by the slow one, which is how the loss pairs
+    # them with the labels (labels[:, 0::2] are the fast rays').
+    x = torch.arange(64, 96) * 0.01
+    fast, slow = outputs[Output.FAST_EMBEDDING], outputs[Output.SLOW_EMBEDDING]
+    torch.testing.assert_close(fast[:, 0] / fast[:, 1], x[0::2])
+    torch.testing.assert_close(slow[:, 0] / slow[:, 1], x[1::2])
+    assert (fast[:, 2] > 0).all() and (slow[:, 2] < 0).all()
+
+
+def test_rendering_without_marks_gives_every_output_of_every_ray():
+    model = build_model()
+    outputs = model.render_rays(random_rays(40))
+    assert outputs["rgb"].shape == (40, 3) and outputs[Output.EMBEDDING].shape == (40, 3)
+    assert outputs[Output.SEMANTIC_LOGITS].shape == (40, 2)
 
 
 def test_the_slow_field_is_in_no_optimizer_group_but_in_the_checkpoint():
@@ -130,9 +181,52 @@ def test_label_fields_use_torch_or_tcnn_hash_grids():
     assert isinstance(model.config.instance_field, LabelFieldConfig)
 
 
-def test_scene_can_be_frozen_for_instance_only_training():
-    model = build_model(freeze_scene=True)
+def test_the_instance_field_can_train_alone():
+    model = build_model(instance_field_only=True)
     assert list(model.get_param_groups()) == ["instance_field"]
     model.train()
-    outputs = model(random_rays(16))
-    assert not outputs["rgb"].requires_grad and outputs["fast_embedding"].requires_grad
+    outputs = model(random_rays(48, instance_rays=32))
+    assert "rgb" not in outputs and Output.SEMANTIC_LOGITS not in outputs  # colour and semantics stay as loaded
+    assert outputs[Output.FAST_EMBEDDING].requires_grad
+
+
+def test_proposal_annealing_does_not_restart_when_the_instance_field_trains_alone():
+    """The loaded proposal networks are trained: sampling keeps their trained state (anneal 1) from step 0."""
+    attributes = TrainingCallbackAttributes(optimizers=None, grad_scaler=None, pipeline=None, trainer=None)
+    for alone in (False, True):
+        model = build_model(instance_field_only=alone)
+        for callback in model.get_training_callbacks(attributes):
+            callback.run_callback_at_location(0, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+        assert model.proposal_sampler._anneal == (1.0 if alone else 0.0)
+
+
+def test_label_fields_resolve_the_objects_of_a_500_object_room(tmp_path):
+    """The median object spans at least 4 finest cells of each label field, wherever it stands (objects near
+    the room's edge are measured with the cells there)."""
+    scene = make_scene(
+        MakeSceneConfig(output_dir=tmp_path / "room", num_objects=500, num_views=64, resolution=128), progress=False
+    )
+    outputs = ContrastiveLiftDataParserConfig(data=scene).setup().get_dataparser_outputs("train")
+    config = trainer_config("test", "slow-fast", small=True).pipeline.model
+    config.implementation = "torch"
+    model = config.setup(
+        scene_box=outputs.scene_box, num_train_data=len(outputs.image_filenames), metadata=outputs.metadata
+    )
+    objects = json.loads((scene / "transforms.json").read_text())["scene_objects"]
+    transform = outputs.dataparser_transform.double()
+    centers = torch.tensor([o["center"] for o in objects], dtype=torch.float64)
+    centers = (outputs.dataparser_scale * (centers @ transform[:, :3].T + transform[:, 3])).float()
+    sizes = outputs.dataparser_scale * torch.tensor([max(o["size"]) for o in objects])
+    for field in (model.semantic_field, model.instance_field):
+        step = 1e-4 * torch.eye(3)
+        stretch = torch.stack(  # d(grid coordinate)/d(position) along each axis, at each object
+            [
+                (field.grid_coordinates(centers + step[a])[:, a] - field.grid_coordinates(centers - step[a])[:, a])
+                / 2e-4
+                for a in range(3)
+            ],
+            -1,
+        )
+        cell = 1.0 / (int(field.resolution) * stretch.min(-1).values)
+        spans = sizes / cell
+        assert spans.median() >= 4, (spans.median(), int(field.resolution))

@@ -128,17 +128,32 @@ def test_stuff_instance_ids_are_ignored() -> None:
     assert result.per_class[BACKGROUND][3:] == (1, 0, 0)
 
 
-def test_class_filter_drops_a_class_below_the_fraction_in_either_map() -> None:
-    # Class 2 (stuff) is 10% of the GT but never predicted: dropped at 0.5%, scored as 0 without a filter.
+def test_a_missed_class_scores_zero_and_the_authors_filter_drops_it() -> None:
+    # Class 2 (stuff) is 10% of the GT but never predicted.
     gt_sem = np.array([0] * 90 + [2] * 10)
     pred_sem = np.zeros(100, dtype=np.int64)
     ids = np.zeros(100, dtype=np.int64)
-    filtered = panoptic_quality(pred_sem, ids, gt_sem, ids, thing_classes=[1])
-    assert set(filtered.per_class) == {0} and filtered.dropped_classes == [2]
-    assert filtered.pq == pytest.approx(0.9)
-    unfiltered = panoptic_quality(pred_sem, ids, gt_sem, ids, thing_classes=[1], min_class_fraction=0)
-    assert set(unfiltered.per_class) == {0, 2}
-    assert unfiltered.pq == pytest.approx(0.45)
+    strict = panoptic_quality(pred_sem, ids, gt_sem, ids, thing_classes=[1])
+    assert set(strict.per_class) == {0, 2} and strict.per_class[2].pq == 0.0
+    assert strict.pq == pytest.approx(0.45)  # missing a class never raises PQ
+    authors = panoptic_quality(pred_sem, ids, gt_sem, ids, thing_classes=[1], class_filter="authors")
+    assert set(authors.per_class) == {0} and authors.dropped_classes == [2]
+    assert authors.pq == pytest.approx(0.9)
+    # a class below the fraction in both maps is dropped by either filter
+    tiny = np.array([0] * 999 + [2])
+    result = panoptic_quality(np.zeros(1000, dtype=np.int64), np.zeros(1000, dtype=np.int64), tiny, tiny * 0, [1])
+    assert result.dropped_classes == [2] and result.pq == pytest.approx(0.999)
+
+
+def test_a_prediction_of_background_alone_scores_half_its_background_pq() -> None:
+    """Two classes (background stuff, object things): predicting no object must not beat finding them."""
+    gt_sem = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0]])
+    gt_ids = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0]])
+    nothing = np.zeros_like(gt_sem)
+    result = panoptic_quality(nothing, nothing, gt_sem, gt_ids, thing_classes=[1])
+    assert result.per_class[1].pq == 0.0
+    assert result.pq == pytest.approx(result.per_class[0].pq / 2)
+    assert panoptic_quality(gt_sem, gt_ids, gt_sem, gt_ids, thing_classes=[1]).pq == 1.0
 
 
 def test_large_ids_take_the_sorting_path_with_the_same_result() -> None:

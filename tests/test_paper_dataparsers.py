@@ -25,7 +25,7 @@ from contrastive_lift_ns.data.dataset import ContrastiveLiftDataset
 from contrastive_lift_ns.data.messy_rooms import MessyRoomsDataParserConfig
 from contrastive_lift_ns.data.panoptic_lifting import REDUCED_SCANNET_THINGS, PanopticLiftingDataParserConfig
 from contrastive_lift_ns.data.scene_format import SceneFormatError, read_confidence, read_label_map, write_label_map
-from contrastive_lift_ns.scripts.make_scene import MakeSceneConfig, make_scene
+from contrastive_lift_ns.generator.writer import MakeSceneConfig, make_scene
 
 NS_TRAIN = Path(sys.executable).parent / "ns-train"
 CHAIR, FLOOR = 5, 2  # reduced-ScanNet classes that stand in for the scene's object and background

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from contrastive_lift_ns.viewer.palette import PALETTE
+from contrastive_lift_ns.drawing.palette import PALETTE
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

@@ -1,4 +1,5 @@
-"""cl-segment: 2D segments for a scene of posed images, from Felzenszwalb, Mask2Former or SAM.
+"""cl-segment: 2D segments for a scene of posed images, from Felzenszwalb, SLIC, Mask2Former or SAM, in place or
+into a new scene, at the images' size or downscaled.
 
 The Mask2Former and SAM tests build tiny models with random weights from their configs, offline; a few weights are
 scaled so that random inputs still give masks, because untrained models score every mask too low to keep.
@@ -17,14 +18,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from contrastive_lift_ns.data.dataparser import ContrastiveLiftDataParserConfig
 from contrastive_lift_ns.data.dataset import ContrastiveLiftDataset
 from contrastive_lift_ns.data.scene_format import read_confidence, read_label_map
+from contrastive_lift_ns.generator.writer import MakeSceneConfig, make_scene
 from contrastive_lift_ns.method_configs import contrastive_lift_small
-from contrastive_lift_ns.scripts.make_scene import MakeSceneConfig, make_scene
+from contrastive_lift_ns.scripts import segment as segment_script
 from contrastive_lift_ns.scripts.segment import SegmentConfig, SegmentError, segment
-from contrastive_lift_ns.segmenters import SegmenterError
+from contrastive_lift_ns.segmenters import SegmenterError, Segments
+from contrastive_lift_ns.segmenters.classical import Felzenszwalb
 from contrastive_lift_ns.segmenters.mask2former import _panoptic_maps, _thing_labels
 from contrastive_lift_ns.segmenters.sam import _instance_maps
 
@@ -300,3 +304,171 @@ def test_overlapping_sam_masks_keep_the_smaller_one_on_top():
     assert maps.ids.tolist() == [[1, 2, 2], [2, 2, 2]]
     assert maps.confidence.tolist() == [[0.5, 1.0, 1.0], [1.0, 1.0, 1.0]]  # scores are clipped to [0, 1]
     assert (maps.semantics == 1).all()
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_output_dir_writes_a_new_scene_that_reaches_the_original_images(flat_scene, tmp_path):
+    before = _snapshot(flat_scene)
+    out = tmp_path / "new" / "scene"
+    written = segment(SegmentConfig(data=flat_scene, segmenter="felzenszwalb", output_dir=out), progress=False)
+
+    assert written == out / "transforms.json" and _snapshot(flat_scene) == before
+    source = json.loads((flat_scene / "transforms.json").read_text())
+    meta = json.loads(written.read_text())
+    assert "label_downscale_factor" not in meta and sorted(p.name for p in out.iterdir()) == [
+        "cl-segment-felzenszwalb",
+        "transforms.json",
+    ]
+    for old, new in zip(source["frames"], meta["frames"]):
+        assert not Path(new["file_path"]).is_absolute()
+        assert (out / new["file_path"]).resolve() == (flat_scene / old["file_path"]).resolve()
+        assert read_label_map(out / new["segments_path"]).shape == (16, 16)
+    assert [(out / name).resolve() for name in meta["train_filenames"]] == [
+        (flat_scene / name).resolve() for name in source["train_filenames"]
+    ]
+    outputs = ContrastiveLiftDataParserConfig(data=out).setup().get_dataparser_outputs("train")
+    assert [Path(name).resolve() for name in outputs.image_filenames] == [
+        (flat_scene / name).resolve() for name in source["train_filenames"]
+    ]
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_downscale_factor_writes_smaller_maps_and_the_downscaled_images(tmp_path, factor):
+    scene = write_flat_scene(tmp_path / "scene", size=18)
+    out = tmp_path / "out"
+    segment(
+        SegmentConfig(data=scene, segmenter="felzenszwalb", output_dir=out, downscale_factor=factor), progress=False
+    )
+
+    meta = json.loads((out / "transforms.json").read_text())
+    assert meta["label_downscale_factor"] == factor and (meta["w"], meta["h"]) == (18, 18)  # cameras at full size
+    sizes = {2: 9, 4: 4}  # int(18 / N), as ffmpeg's scale=iw/N:ih/N in ns-process-data
+    for scale in [2, 4][: factor.bit_length() - 1]:
+        assert sorted(p.name for p in (out / f"images_{scale}").iterdir()) == ["0.png", "1.png", "2.png", "3.png"]
+        assert all(Image.open(p).size == (sizes[scale],) * 2 for p in (out / f"images_{scale}").iterdir())
+    for frame in meta["frames"]:
+        assert read_label_map(out / frame["segments_path"]).shape == (sizes[factor],) * 2
+    assert not (out / "images_8").exists() and not list(scene.glob("images_*"))
+
+
+def test_a_downscaled_scene_loads_at_its_factor(tmp_path):
+    scene = write_flat_scene(tmp_path / "scene", size=16)
+    out = tmp_path / "out"
+    segment(SegmentConfig(data=scene, segmenter="felzenszwalb", output_dir=out, downscale_factor=2), progress=False)
+    item = ContrastiveLiftDataset(
+        ContrastiveLiftDataParserConfig(data=out, downscale_factor=2).setup().get_dataparser_outputs("train")
+    )[0]
+    assert item["image"].shape[:2] == item["segments"].shape[:2] == (8, 8)
+
+
+def test_the_scenes_own_downscaled_images_are_segmented_and_copied(tmp_path):
+    scene = write_flat_scene(tmp_path / "scene", frames=2, size=32)
+    (scene / "images_2").mkdir()
+    for frame in _frames(scene):
+        name = Path(frame["file_path"]).name
+        left_right = np.zeros((32, 32, 3), np.uint8)
+        left_right[:, 16:] = 255
+        Image.fromarray(left_right).save(scene / "images" / name)
+        top_bottom = np.zeros((16, 16, 3), np.uint8)
+        top_bottom[8:] = (0, 0, 255)
+        Image.fromarray(top_bottom).save(scene / "images_2" / name)
+    out = tmp_path / "out"
+    segment(SegmentConfig(data=scene, segmenter="felzenszwalb", output_dir=out, downscale_factor=2), progress=False)
+
+    for frame in json.loads((out / "transforms.json").read_text())["frames"]:
+        name = Path(frame["file_path"]).name
+        assert (out / "images_2" / name).read_bytes() == (scene / "images_2" / name).read_bytes()
+        segments = read_label_map(out / frame["segments_path"])
+        top, bottom = np.unique(segments[:4]), np.unique(segments[-4:])  # the halves of images_2, not of images
+        assert len(top) == len(bottom) == 1 and top != bottom
+
+
+def test_downscaling_in_place_records_the_factor_and_warns_without_downscaled_images(flat_scene, capsys):
+    segment(SegmentConfig(data=flat_scene, segmenter="felzenszwalb", downscale_factor=2), progress=False)
+    meta = json.loads((flat_scene / "transforms.json").read_text())
+    assert meta["label_downscale_factor"] == 2
+    assert all(read_label_map(flat_scene / f["segments_path"]).shape == (8, 8) for f in meta["frames"])
+    assert "images_2 lacks 4 of the images" in " ".join(capsys.readouterr().out.split())
+
+    segment(SegmentConfig(data=flat_scene, segmenter="felzenszwalb"), progress=False)  # back to full size
+    assert "label_downscale_factor" not in json.loads((flat_scene / "transforms.json").read_text())
+
+
+@pytest.mark.parametrize("read_only", ["file", "folder"])
+def test_a_read_only_scene_is_refused_before_segmenting(flat_scene, read_only):
+    transforms = flat_scene / "transforms.json"
+    os.chmod(transforms, 0o644)
+    target = transforms if read_only == "file" else flat_scene
+    mode = 0o444 if read_only == "file" else 0o555
+    original = transforms.read_bytes()
+    before = sorted(p.name for p in flat_scene.iterdir())
+    os.chmod(target, mode)
+    try:
+        # As root, os.access allows any write; the missing write bits still make the scene read-only.
+        with pytest.raises(SegmentError, match=f"{transforms} is .*read-only.*--output-dir"):
+            segment(SegmentConfig(data=flat_scene, segmenter="felzenszwalb"), progress=False)
+        assert target.stat().st_mode & 0o777 == mode
+    finally:
+        os.chmod(target, 0o755 if read_only == "folder" else 0o644)
+    assert transforms.read_bytes() == original and sorted(p.name for p in flat_scene.iterdir()) == before
+
+
+def test_a_file_this_user_may_not_write_is_refused(flat_scene, monkeypatch):
+    transforms = flat_scene / "transforms.json"
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != transforms and access(path, mode, **kw))
+    with pytest.raises(SegmentError, match="is read-only"):
+        segment(SegmentConfig(data=flat_scene, segmenter="felzenszwalb"), progress=False)
+    assert not list(flat_scene.glob("cl-segment-*")) and not (flat_scene / "transforms.json.bak").exists()
+
+
+def test_slic_segments_into_superpixels(flat_scene):
+    segment(SegmentConfig(data=flat_scene, segmenter="slic"), progress=False)
+    for frame in _frames(flat_scene):
+        assert frame["segments_path"].startswith("cl-segment-slic/")
+        assert len(np.unique(read_label_map(flat_scene / frame["segments_path"]))) > 3
+        assert (read_label_map(flat_scene / frame["semantics_path"]) == 1).all()
+
+
+def test_more_than_255_segments_are_written_as_16_bit_maps(flat_scene, monkeypatch):
+    class OneSegmentPerPixel(Felzenszwalb):
+        def segment(self, images):
+            return [
+                Segments(
+                    ids=np.arange(1, image.shape[0] * image.shape[1] + 1).reshape(image.shape[:2]),
+                    semantics=np.ones(image.shape[:2], np.uint8),
+                    confidence=np.ones(image.shape[:2], np.float32),
+                )
+                for image in images
+            ]
+
+    monkeypatch.setattr(segment_script, "_load", lambda config, device: OneSegmentPerPixel())
+    segment(SegmentConfig(data=flat_scene, segmenter="felzenszwalb"), progress=False)
+    path = flat_scene / _frames(flat_scene)[0]["segments_path"]
+    assert Image.open(path).mode.startswith("I;16") and read_label_map(path).max() == 256
+
+
+def test_output_dir_and_downscaling_problems_are_named_before_segmenting(flat_scene, tmp_path):
+    (flat_scene / "more").mkdir()
+    shutil.copy(flat_scene / "images/0.png", flat_scene / "more/0.png")
+    meta = json.loads((flat_scene / "transforms.json").read_text())
+    meta["frames"].append({**meta["frames"][0], "file_path": "more/0.png"})
+    (flat_scene / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(SegmentError, match=r"images/0\.png and .*more/0\.png share the file name '0\.png'"):
+        segment(SegmentConfig(data=flat_scene, segmenter="felzenszwalb", downscale_factor=2), progress=False)
+
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    problems = {
+        "not empty; pass --overwrite": {"output_dir": full},
+        "holds .*transforms.json of the source scene": {"output_dir": tmp_path, "overwrite": True},
+        "--overwrite applies only with --output-dir": {"overwrite": True},
+    }
+    for message, flags in problems.items():
+        with pytest.raises(SegmentError, match=message):
+            segment(SegmentConfig(data=flat_scene, segmenter="felzenszwalb", **flags), progress=False)
+    assert (full / "keep.txt").read_text() == "mine" and not list(flat_scene.glob("cl-segment-*"))

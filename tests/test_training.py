@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
+from nerfstudio.scripts.train import train_loop
 from nerfstudio.utils.eval_utils import eval_setup
 
-from contrastive_lift_ns.scripts.make_scene import MakeSceneConfig, make_scene
+from contrastive_lift_ns.generator.writer import MakeSceneConfig, make_scene
 
 from .conftest import train_in_process
 
@@ -92,3 +94,49 @@ def test_the_instance_loss_falls_during_a_short_training(tmp_path):
     before = _instance_loss_on_fixed_batches(config, start - 1)
     after = _instance_loss_on_fixed_batches(config, 449)
     assert after < before - 0.1, (before, after)
+
+
+def test_a_crash_while_saving_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
+    scene = make_scene(
+        MakeSceneConfig(output_dir=tmp_path / "scene", num_objects=2, num_views=6, resolution=16), progress=False
+    )
+    config = train_in_process(scene, tmp_path / "out", max_steps=3, steps_per_save=2)
+    checkpoints = config.parent / "nerfstudio_models"
+    before = sorted(p.name for p in checkpoints.iterdir())
+
+    def crash_half_way(state, path, *args, **kwargs):
+        Path(path).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise OSError("killed while saving")
+
+    trainer = yaml.load(config.read_text(), Loader=yaml.Loader)
+    trainer.load_dir, trainer.max_num_iterations = checkpoints, 1
+    trainer.machine.device_type = "cpu"
+    trainer.timestamp = "crashed"
+    monkeypatch.setattr(torch, "save", crash_half_way)
+    with pytest.raises(OSError, match="killed while saving"):
+        train_loop(local_rank=0, world_size=0, config=trainer)
+    assert sorted(p.name for p in checkpoints.iterdir()) == before  # nothing new, nothing partial
+    assert not list(checkpoints.parent.glob(".*saving*"))  # no staging folder left
+
+
+def test_resuming_skips_a_truncated_checkpoint(tmp_path, capsys):
+    """nerfstudio's --load-dir takes the newest checkpoint even when a crash cut it short; this trainer takes
+    the newest complete one and says so."""
+    scene = make_scene(
+        MakeSceneConfig(output_dir=tmp_path / "scene", num_objects=2, num_views=6, resolution=16), progress=False
+    )
+    config = train_in_process(scene, tmp_path / "out", max_steps=5, steps_per_save=2)
+    checkpoints = config.parent / "nerfstudio_models"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-000000002.ckpt", "step-000000004.ckpt"]
+    newest = checkpoints / "step-000000004.ckpt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # killed while writing it
+
+    trainer = yaml.load(config.read_text(), Loader=yaml.Loader)
+    trainer.load_dir, trainer.max_num_iterations = checkpoints, 2
+    trainer.machine.device_type = "cpu"
+    trainer.timestamp = "resumed"
+    train_loop(local_rank=0, world_size=0, config=trainer)
+    assert "Skipping the unreadable checkpoint" in " ".join(capsys.readouterr().out.split())
+    resumed = trainer.get_checkpoint_dir()
+    assert [p.name for p in resumed.iterdir()] == ["step-000000004.ckpt"]  # resumed at 3, trained steps 3 and 4
+    assert torch.load(resumed / "step-000000004.ckpt", map_location="cpu", weights_only=False)["step"] == 4

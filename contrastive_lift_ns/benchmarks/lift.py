@@ -1,4 +1,4 @@
-"""The paper's two Messy Rooms claims, side by side on ``cl-make-scene`` scenes.
+"""The paper's two Messy Rooms claims, side by side on ``cl-make-scene`` scenes, over several seeds.
 
 - Table 2: PQ^scene against the number of objects for ``contrastive-lift`` (slow-fast), its vanilla loss and
   ``linear-assignment-lift`` (Panoptic Lifting), with the 2D segmenter's own PQ for reference.
@@ -6,9 +6,14 @@
 
 Protocol (the paper's): for each scene, geometry, colour and semantics are trained once (no instance loss);
 then each method trains only its instance field from that checkpoint, everything else frozen, so the
-instance loss is the only difference. ``linear-assignment-lift`` gets as many instance logits as the scene
-has objects (its required upper bound). With several workers, scenes train in parallel processes; each step
-time is then that of one process on its share of the CPU.
+instance loss is the only difference. ``linear-assignment-lift`` gets the authors' own setting for Messy Rooms,
+500 instance logits, whatever the scene holds (not the scene's object count, which no user knows). Each seed
+generates its own scenes. With several workers, scenes train in parallel processes; each step time is then
+that of one process on its share of the CPU.
+
+Every row reports PQ^scene (strict class filter), thing-class PQ^scene, per-frame PQ, mIoU, PSNR, the objects
+found against the objects visible in the test views, and the min_cluster_size the clustering chose.
+``--sweep-min-cluster-size`` re-clusters each trained slow-fast model with fixed sizes too.
 """
 
 from __future__ import annotations
@@ -17,30 +22,63 @@ import datetime
 import json
 import multiprocessing
 import os
+import statistics
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Literal, Tuple
 
 import torch
 from nerfstudio.utils.eval_utils import eval_setup
 
+from contrastive_lift_ns.atomic import atomic_output_dir, atomic_write_json
 from contrastive_lift_ns.benchmarks.timing import machine, quiet, train_timed
-from contrastive_lift_ns.data.scene_format import atomic_output_dir, atomic_write_json
 from contrastive_lift_ns.evaluation.scene_evaluation import evaluate
-from contrastive_lift_ns.method_configs import trainer_config
-from contrastive_lift_ns.scripts.make_scene import MakeSceneConfig, make_scene
+from contrastive_lift_ns.generator.writer import MakeSceneConfig, make_scene
+from contrastive_lift_ns.method_configs import METHODS, trainer_config
 
-METHODS: Dict[str, str] = {
-    "contrastive-lift": "slow-fast",
-    "contrastive-lift-vanilla": "vanilla",
-    "linear-assignment-lift": "linear-assignment",
-}
 PAPER_TABLE_2 = {  # Old Room environment, PQ^scene
     "linear-assignment-lift": {25: 73.2, 50: 69.9, 100: 64.3, 500: 51.0},
     "contrastive-lift-vanilla": {25: 74.1, 50: 71.2, 100: 63.6, 500: 49.7},
     "contrastive-lift": {25: 78.9, 50: 75.8, 100: 69.1, 500: 55.0},
 }
+PROFILES: Dict[str, Dict[str, Any]] = {
+    # A check of the protocol: 64 px does not resolve the objects beyond 25 of them.
+    "quick": {"views": 32, "resolution": 64, "scene_steps": 800, "instance_steps": 800, "small": True},
+    # The ordering on a 2-core CPU in about an hour per seed. A view shows 20-30 objects whatever the room's
+    # size, so the views grow with the objects to keep each object in about 15 training views.
+    "cpu": {
+        "views": 64,
+        "views_per_object": 0.64,
+        "resolution": 128,
+        "scene_steps": 2500,
+        "instance_steps": 1000,
+        "cluster_pixels": 100_000,
+        "small": True,
+    },
+    # The paper's sizes, scaled to a GPU.
+    "gpu": {
+        "views": 100,
+        "views_per_object": 1.0,
+        "resolution": 256,
+        "scene_steps": 20000,
+        "instance_steps": 10000,
+        "cluster_pixels": 200_000,
+        "small": False,
+    },
+}
+_ROW_KEYS = (
+    "pq_scene",
+    "pq_scene_things",
+    "pq_scene_authors_filter",
+    "pq_frame",
+    "segmenter_pq_frame",
+    "segmenter_pq_scene",
+    "miou",
+    "psnr",
+    "num_objects_pred",
+    "num_objects_gt",
+)
 
 
 @dataclass
@@ -49,82 +87,105 @@ class LiftBenchmark:
 
     output_dir: Path = Path("bench-results/lift")
     """Results folder: results.md, results.json, pq_scene.png, speed.png and the scenes and runs."""
-    quick: bool = False
-    """CPU profile (≤ 30 min on 2 cores): small scenes and few steps, same structure as the full run."""
+    profile: Literal["quick", "cpu", "gpu"] = "gpu"
+    """quick: 64 px, minutes (checks the protocol); cpu: 128 px, the comparison on a 2-core CPU; gpu: 256 px."""
     objects: Tuple[int, ...] = (25, 50, 100, 500)
-    """Numbers of objects, one scene each."""
-    seed: int = 0
-    """Scene seed."""
+    """Numbers of objects, one scene each per seed."""
+    seeds: Tuple[int, ...] = (0,)
+    """Scene seeds; tables give the mean ± standard deviation over them."""
+    sweep_min_cluster_size: Tuple[int, ...] = ()
+    """Also cluster each trained slow-fast model with these fixed min_cluster_size values and score them."""
     overwrite: bool = False
     """Replace a non-empty output folder."""
     workers: int = 0
     """Scenes trained at once, each in its own process with an equal share of the CPU threads. 0: one per CPU
-    core with --quick (a small model uses one core well), else 1 (one GPU)."""
-
-    def profile(self) -> Dict[str, Any]:
-        """Scene and training sizes of the chosen profile."""
-        if self.quick:
-            return {"views": 32, "resolution": 64, "scene_steps": 800, "instance_steps": 800, "small": True}
-        return {"views": 100, "resolution": 256, "scene_steps": 20000, "instance_steps": 10000, "small": False}
+    core for the CPU profiles (a small model uses one core well), else 1 (one GPU)."""
 
     def main(self) -> Dict[str, Any]:
         return _run(self)
 
 
 def _run(config: LiftBenchmark) -> Dict[str, Any]:
-    profile = config.profile()
-    workers = config.workers or ((os.cpu_count() or 1) if config.quick else 1)
-    workers = min(workers, len(config.objects))
+    profile = PROFILES[config.profile]
+    jobs = [(count, seed) for seed in config.seeds for count in config.objects]
+    workers = config.workers or ((os.cpu_count() or 1) if profile["small"] else 1)
+    workers = min(workers, len(jobs))
+    threads = max(1, (os.cpu_count() or 1) // workers)
     with atomic_output_dir(config.output_dir, overwrite=config.overwrite) as folder:
-        jobs = [
-            (count, folder, profile, config.seed, max(1, (os.cpu_count() or 1) // workers)) for count in config.objects
-        ]
+        args = [(count, seed, folder, profile, threads, config.sweep_min_cluster_size) for count, seed in jobs]
         if workers == 1:
-            per_scene = [_scene_rows(*job) for job in jobs]
+            per_scene = [_scene_rows(*job) for job in args]
         else:
             with multiprocessing.get_context("spawn").Pool(workers) as pool:
-                per_scene = pool.starmap(_scene_rows, jobs, chunksize=1)
+                per_scene = pool.starmap(_scene_rows, args, chunksize=1)
         rows = [row for scene_rows in per_scene for row in scene_rows]
         summary = {
             "command": " ".join(sys.argv),
             "date": datetime.date.today().isoformat(),
             "machine": machine(),
-            "profile": profile,
+            "profile": {"name": config.profile, **profile},
             "config": {k: str(v) for k, v in asdict(config).items()},
             "rows": rows,
         }
         atomic_write_json(folder / "results.json", summary)
-        (folder / "results.md").write_text(_markdown(summary))
+        (folder / "results.md").write_text(markdown(summary))
         _plots(rows, folder)
-    print(_markdown(summary))
+    print(markdown(summary))
     return summary
 
 
-def _scene_rows(count: int, folder: Path, profile: Dict[str, Any], seed: int, threads: int) -> List[Dict[str, Any]]:
+def _scene_rows(
+    count: int, seed: int, folder: Path, profile: Dict[str, Any], threads: int, sweep: Tuple[int, ...]
+) -> List[Dict[str, Any]]:
     """One scene: generated, trained without instances, then each method's instance stage on it."""
     torch.set_num_threads(threads)
+    name = f"{count}-seed{seed}"
     scene = make_scene(
         MakeSceneConfig(
-            output_dir=folder / f"scene-{count}",
+            output_dir=folder / f"scene-{name}",
             num_objects=count,
-            num_views=profile["views"],
+            num_views=max(profile["views"], round(profile.get("views_per_object", 0) * count)),
             resolution=profile["resolution"],
             seed=seed,
         ),
         progress=False,
     )
-    checkpoint = _train_scene(scene, folder / "runs" / f"{count}-scene", profile)
+    checkpoint = _train_scene(scene, folder / "runs" / f"{name}-scene", profile)
     rows = []
     for method in METHODS:
-        rows.append(_instance_stage(scene, checkpoint, method, count, folder / "runs", profile))
+        config, step_seconds = _instance_stage(scene, checkpoint, method, folder / "runs" / f"{name}-{method}", profile)
+        pipeline = eval_setup(config.get_base_dir() / "config.yml", test_mode="test")[1]
+        timing = {"step_ms": 1000 * step_seconds, "iterations_per_second": 1 / step_seconds}
+        rows.append(_row(pipeline, count, seed, method, timing))
         print(json.dumps(rows[-1]), flush=True)
+        if method == "contrastive-lift":
+            for size in sweep:
+                pipeline.recluster(min_cluster_size=size)
+                rows.append(_row(pipeline, count, seed, method, {"swept": True}))
+                print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def _row(pipeline, count: int, seed: int, method: str, extra: Dict[str, Any]) -> Dict[str, Any]:
+    metrics = evaluate(pipeline)
+    sizes = pipeline.model.clusters.min_cluster_sizes
+    return {
+        "objects": count,
+        "seed": seed,
+        "method": method,
+        **{key: metrics[key] for key in _ROW_KEYS},
+        "min_cluster_size": next(iter(sizes.values()), None) if pipeline.model.uses_clustering else None,
+        **extra,
+    }
 
 
 def _base(method: str, profile: Dict[str, Any]):
     # A registered method name: eval_setup looks the run's method up to rebuild its datamanager.
     config = trainer_config(method, METHODS[method], small=profile["small"])
     config.pipeline.model.clustering.recluster_every = 0  # cluster once, at the end
+    config.pipeline.model.clustering.num_pixels = profile.get(
+        "cluster_pixels", config.pipeline.model.clustering.num_pixels
+    )
     return config
 
 
@@ -136,60 +197,96 @@ def _train_scene(scene: Path, output: Path, profile: Dict[str, Any]) -> Path:
     return train_timed(config, profile["scene_steps"]).checkpoint
 
 
-def _instance_stage(
-    scene: Path, checkpoint: Path, method: str, count: int, output: Path, profile: Dict[str, Any]
-) -> Dict[str, Any]:
-    config = quiet(_base(method, profile), output / f"{count}-{method}")
+def _instance_stage(scene: Path, checkpoint: Path, method: str, output: Path, profile: Dict[str, Any]):
+    """Trains one method's instance field alone from the scene checkpoint; returns its config and step time."""
+    config = quiet(_base(method, profile), output)
     config.pipeline.datamanager.data = scene
     model = config.pipeline.model
-    model.freeze_scene, model.scene_checkpoint = True, checkpoint
+    model.instance_field_only, model.pretrained_checkpoint = True, checkpoint
     model.semantic_loss_start_step = model.instance_loss_start_step = 0
-    model.max_instances = count
-    timed = train_timed(config, profile["instance_steps"])
-    pipeline = eval_setup(config.get_base_dir() / "config.yml", test_mode="test")[1]
-    metrics = evaluate(pipeline)
-    return {
-        "objects": count,
-        "method": method,
-        "pq_scene": metrics["pq_scene"],
-        "pq_frame": metrics["pq_frame"],
-        "segmenter_pq_frame": metrics["segmenter_pq_frame"],
-        "num_objects_pred": metrics["num_objects_pred"],
-        "num_objects_gt": metrics["num_objects_gt"],
-        "step_ms": 1000 * timed.mean_step,
-        "iterations_per_second": 1 / timed.mean_step,
-    }
+    return config, train_timed(config, profile["instance_steps"]).mean_step
 
 
-def _markdown(summary: Dict[str, Any]) -> str:
-    rows = summary["rows"]
+def _mean_std(values: List[float], scale: float = 1.0, digits: int = 1) -> str:
+    values = [scale * v for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def markdown(summary: Dict[str, Any]) -> str:
+    """The results as Markdown tables: means ± standard deviations over the seeds."""
+    rows = [r for r in summary["rows"] if not r.get("swept")]
     counts = sorted({r["objects"] for r in rows})
+    seeds = sorted({r["seed"] for r in rows})
+
+    def cell(method: str, count: int, key: str, scale: float = 100.0, digits: int = 1) -> str:
+        values = [r[key] for r in rows if r["method"] == method and r["objects"] == count and r[key] is not None]
+        return _mean_std(values, scale, digits) if values else "-"
+
+    header = "| method | " + " | ".join(f"{n} objects" for n in counts) + " |"
+    rule = "|---|" + "---|" * len(counts)
     lines = [
         f"Machine: {summary['machine']}; date: {summary['date']}; profile: {summary['profile']}",
-        f"Command: `{summary['command']}`",
+        f"Command: `{summary['command']}`; seeds: {seeds} (mean ± standard deviation over them)",
         "",
-        "PQ^scene (×100) against the number of objects (paper's Table 2, Old Room, in brackets):",
+        "PQ^scene ×100 (strict class filter; paper's Table 2, Old Room, in brackets):",
         "",
-        "| method | " + " | ".join(f"{n} objects" for n in counts) + " |",
-        "|---|" + "---|" * len(counts),
+        header,
+        rule,
     ]
     for method in METHODS:
         cells = []
         for n in counts:
-            row = next(r for r in rows if r["objects"] == n and r["method"] == method)
             paper = PAPER_TABLE_2[method].get(n)
-            cells.append(f"{100 * row['pq_scene']:.1f}" + (f" ({paper})" if paper else ""))
+            cells.append(cell(method, n, "pq_scene") + (f" ({paper})" if paper else ""))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    segmenter = [next(r for r in rows if r["objects"] == n)["segmenter_pq_frame"] for n in counts]
-    lines.append("| 2D segmenter, per-frame PQ | " + " | ".join(f"{100 * s:.1f}" for s in segmenter) + " |")
-    lines += ["", "Instance-stage training speed, iterations/s (ms/step), paper's Table 6 in its caption:", ""]
-    lines += ["| method | " + " | ".join(f"{n} objects" for n in counts) + " |", "|---|" + "---|" * len(counts)]
-    for method in METHODS:
-        cells = []
-        for n in counts:
-            row = next(r for r in rows if r["objects"] == n and r["method"] == method)
-            cells.append(f"{row['iterations_per_second']:.2f} ({row['step_ms']:.0f} ms)")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    segmenter = " | ".join(cell("contrastive-lift", n, "segmenter_pq_scene") for n in counts)
+    lines.append(f"| 2D segmenter | {segmenter} |")
+    tables = (
+        ("Thing-class PQ^scene ×100:", "pq_scene_things", 100.0, 1),
+        ("Per-frame PQ ×100 (2D segmenter in the last row):", "pq_frame", 100.0, 1),
+        ("mIoU ×100:", "miou", 100.0, 1),
+        ("PSNR (dB):", "psnr", 1.0, 1),
+        ("Objects found (visible in the test views in the last row):", "num_objects_pred", 1.0, 1),
+        ("min_cluster_size chosen:", "min_cluster_size", 1.0, 0),
+        ("Instance-stage training speed, ms/step (paper's Table 6 in its caption):", "step_ms", 1.0, 0),
+    )
+    for title, key, scale, digits in tables:
+        lines += ["", title, "", header, rule]
+        for method in METHODS:
+            lines.append(f"| {method} | " + " | ".join(cell(method, n, key, scale, digits) for n in counts) + " |")
+        if key == "pq_frame":
+            lines.append(
+                "| 2D segmenter | "
+                + " | ".join(cell("contrastive-lift", n, "segmenter_pq_frame") for n in counts)
+                + " |"
+            )
+        if key == "num_objects_pred":
+            lines.append(
+                "| visible | " + " | ".join(cell("contrastive-lift", n, "num_objects_gt", 1.0) for n in counts) + " |"
+            )
+    swept = [r for r in summary["rows"] if r.get("swept")]
+    if swept:
+        sizes = sorted({r["min_cluster_size"] for r in swept})
+        lines += ["", "contrastive-lift re-clustered with fixed min_cluster_size: PQ^scene ×100 (objects found):", ""]
+        lines += ["| min_cluster_size | " + " | ".join(f"{n} objects" for n in counts) + " |", rule]
+        for size in ["auto", *sizes]:
+            cells = []
+            for n in counts:
+                pick = [
+                    r
+                    for r in (rows if size == "auto" else swept)
+                    if r["method"] == "contrastive-lift"
+                    and r["objects"] == n
+                    and (size == "auto" or r["min_cluster_size"] == size)
+                ]
+                if pick:
+                    pq = _mean_std([r["pq_scene"] for r in pick], 100.0)
+                    cells.append(f"{pq} ({_mean_std([r['num_objects_pred'] for r in pick])})")
+                else:
+                    cells.append("-")
+            lines.append(f"| {size} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -199,11 +296,15 @@ def _plots(rows: List[Dict[str, Any]], folder: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if not r.get("swept")]
     for key, label, name in (("pq_scene", "PQ^scene", "pq_scene.png"), ("iterations_per_second", "it/s", "speed.png")):
         figure, axes = plt.subplots(figsize=(5, 3.5))
         for method in METHODS:
-            points = sorted((r["objects"], r[key]) for r in rows if r["method"] == method)
-            axes.plot(*zip(*points), marker="o", label=method)
+            counts = sorted({r["objects"] for r in rows if r["method"] == method})
+            values = [[r[key] for r in rows if r["method"] == method and r["objects"] == n] for n in counts]
+            means = [statistics.fmean(v) for v in values]
+            spread = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+            axes.errorbar(counts, means, yerr=spread, marker="o", capsize=3, label=method)
         axes.set_xscale("log")
         axes.set_xlabel("objects in the scene")
         axes.set_ylabel(label)

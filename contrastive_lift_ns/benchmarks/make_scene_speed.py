@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict
 
-from contrastive_lift_ns.scripts.make_scene import MakeSceneConfig, make_scene
+from contrastive_lift_ns.generator.writer import MakeSceneConfig, make_scene
 
 
 @dataclass

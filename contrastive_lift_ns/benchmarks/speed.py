@@ -30,17 +30,11 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataPars
 from nerfstudio.models.nerfacto import NerfactoModelConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 
+from contrastive_lift_ns.atomic import atomic_write_json
 from contrastive_lift_ns.benchmarks.timing import machine, quiet, train_interleaved, train_timed
-from contrastive_lift_ns.data.scene_format import atomic_write_json
-from contrastive_lift_ns.method_configs import trainer_config
-from contrastive_lift_ns.model import without_lpips
-from contrastive_lift_ns.scripts.make_scene import MakeSceneConfig, make_scene
-
-LOSSES = {
-    "contrastive-lift": "slow-fast",
-    "contrastive-lift-vanilla": "vanilla",
-    "linear-assignment-lift": "linear-assignment",
-}
+from contrastive_lift_ns.generator.writer import MakeSceneConfig, make_scene
+from contrastive_lift_ns.method_configs import METHODS, trainer_config
+from contrastive_lift_ns.workarounds import without_lpips
 
 
 @dataclass
@@ -108,7 +102,7 @@ def _run(config: SpeedBenchmark) -> Dict[str, Any]:
             "contrastive_lift_peak_mb": _in_subprocess(_peak_memory, config, first, "slow-fast", Path(tmp), False, 0),
         }
         results["instance_stage"] = []
-        for method, loss in LOSSES.items():
+        for method, loss in METHODS.items():
             jobs = [(scenes[n], loss, True, n) for n in config.objects]
             for n, timing in zip(config.objects, _in_subprocess(_time_together, config, jobs, Path(tmp))):
                 peak = _in_subprocess(_peak_memory, config, scenes[n], loss, Path(tmp), True, n)
@@ -136,7 +130,7 @@ def _config(config: SpeedBenchmark, scene: Path, loss: str, output: Path, frozen
     model.semantic_loss_start_step = model.instance_loss_start_step = 0
     model.proposal_warmup = 1  # the proposal networks' steady schedule (an update every few steps) from the start
     model.clustering.recluster_every = 0
-    model.freeze_scene = frozen
+    model.instance_field_only = frozen
     model.max_instances = max(objects, 1)
     if loss == "nerfacto":
         nerfacto_fields = {f.name: getattr(model, f.name) for f in fields(NerfactoModelConfig) if f.name != "_target"}
@@ -191,7 +185,7 @@ def _cluster_and_render(config: SpeedBenchmark, scene: Path, output: Path) -> Di
     model.eval()
     clustering: List[Dict[str, float]] = []
     for pixels in config.cluster_pixels:
-        stats = model.recluster(num_pixels=pixels)
+        stats = run.trainer.pipeline.recluster(num_pixels=pixels)
         hdbscan_seconds = stats["seconds"] - stats["render_seconds"]
         clustering.append(
             {
@@ -230,7 +224,7 @@ def markdown(results: Dict[str, Any]) -> str:
         "| instance stage | " + " | ".join(f"{n} objects" for n in counts) + f" | {counts[-1]}/{counts[0]} |",
         "|---|" + "---|" * (len(counts) + 1),
     ]
-    for method in LOSSES:
+    for method in METHODS:
         rows = sorted((r for r in results["instance_stage"] if r["method"] == method), key=lambda r: r["objects"])
         cells = [f"{r['step_ms']:.0f} ms, {r['peak_mb']:.0f} MB" for r in rows]
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {rows[-1]['step_ms'] / rows[0]['step_ms']:.2f}× |")

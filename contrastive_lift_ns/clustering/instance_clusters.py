@@ -9,8 +9,11 @@ Procedure (paper §3 "Rendering instance segmentation maps", Appendix B.3):
    ``min_cluster_size`` matters most: too small splits objects into speckles, too large merges small
    objects. The paper tunes it by hand against the 2D segments of the training views; unless it is set, we
    do the same automatically: among sizes from 0.05 % to 12.8 % of the group's points, the one whose clusters
-   best reproduce the 2D segments *within each view* (F1 of same-segment pixel pairs) wins. Objects never
-   seen together are not told apart by that score, nor by the loss.
+   best reproduce the 2D segments *within each view* wins, scored by panoptic quality with the 2D segments as
+   the reference (a segment matches a cluster of its view when they overlap by IoU > 0.5 on the sampled
+   pixels). PQ counts segments, not pixel pairs, so a merge of two small objects costs as much as a merge of
+   two large ones (a pair-counting score is dominated by the largest segments and let merges through).
+   Objects never seen together are not told apart by that score, nor by the loss.
 4. Each cluster's centroid is the mean of its members weighted by HDBSCAN's membership strength.
 5. Any pixel of any view gets the id of the nearest centroid of its own predicted class; stuff gets id 0.
 
@@ -30,7 +33,7 @@ distance) and keep their ids, so the viewer's colours do not shuffle while train
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Optional, Sequence, Type
 
 import hdbscan
@@ -41,6 +44,9 @@ from nerfstudio.configs.base_config import InstantiateConfig
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 from torch import Tensor, nn
+
+from contrastive_lift_ns.evaluation.panoptic_quality import panoptic_quality
+from contrastive_lift_ns.validation import require
 
 _SIZE_FRACTIONS = tuple(0.0005 * 2**k for k in range(9))  # 0.05 % … 12.8 %
 
@@ -62,17 +68,27 @@ class ClusteringConfig(InstantiateConfig):
     recluster_every: int = 1000
     """Re-cluster every this many training steps once the instance loss is on (0: only at the end)."""
 
+    def __post_init__(self) -> None:
+        require(self, "num_pixels", self.num_pixels >= 100, "must be at least 100")
+        require(
+            self, "min_cluster_size", self.min_cluster_size is None or self.min_cluster_size >= 2, "must be at least 2"
+        )
+        require(self, "outlier_sigma", self.outlier_sigma > 0, "must be positive")
+        require(self, "recluster_every", self.recluster_every >= 0, "must not be negative")
+
 
 class InstanceClusters(nn.Module):
     """The cached centroids, saved in checkpoints through ``get_extra_state``; their number varies."""
 
     def __init__(self, config: ClusteringConfig, thing_classes: Sequence[int]) -> None:
         super().__init__()
-        self.config = config
+        self.config = replace(config)  # its own copy: the model's config is not changed behind its back
         self.thing_classes = tuple(thing_classes)
         self.centroids = torch.empty(0, 0)
         self.classes = torch.empty(0, dtype=torch.long)
         self.ids = torch.empty(0, dtype=torch.long)
+        self.min_cluster_sizes: Dict[int, int] = {}
+        """The min_cluster_size each thing class was clustered with last (chosen or given)."""
 
     @property
     def fitted(self) -> bool:
@@ -85,13 +101,15 @@ class InstanceClusters(nn.Module):
         classes: Int[Tensor, "M"],  # noqa: F821 (a jaxtyping shape, not a name)
         segments: Optional[Int[Tensor, "M"]] = None,  # noqa: F821
         views: Optional[Int[Tensor, "M"]] = None,  # noqa: F821
+        min_cluster_size: Optional[int] = None,
     ) -> Dict[str, Any]:
         """Replaces the centroids with those of a new clustering; returns per-class statistics.
 
-        ``segments`` and ``views`` (each pixel's 2D segment id and training view) choose min_cluster_size when
-        it is not set.
+        ``min_cluster_size`` overrides the configured size for this clustering. ``segments`` and ``views`` (each
+        pixel's 2D segment id and training view) choose the size when neither sets it.
         """
-        if self.config.min_cluster_size is None and (segments is None or views is None):
+        min_cluster_size = min_cluster_size or self.config.min_cluster_size
+        if min_cluster_size is None and (segments is None or views is None):
             raise ValueError("choosing min_cluster_size needs the sampled pixels' 2D segments and views")
         embeddings_np = embeddings.detach().cpu().double().numpy()
         classes_np = classes.detach().cpu().numpy()
@@ -106,33 +124,18 @@ class InstanceClusters(nn.Module):
             inlier = (z <= self.config.outlier_sigma).all(-1)
             points = points[inlier]
             pixel_labels = None if labels is None else labels[chosen][inlier]
-            size, found, score = self._cluster(points, pixel_labels)
+            size, found, score = _cluster(points, pixel_labels, min_cluster_size)
             if found is None:
                 continue
             centroids.append(found)
             centroid_classes += [thing] * len(found)
-            stats[thing] = {"points": len(points), "min_cluster_size": size, "clusters": len(found), "f1": score}
+            stats[thing] = {"points": len(points), "min_cluster_size": size, "clusters": len(found), "score": score}
         dim = embeddings.shape[-1]
         new = torch.from_numpy(np.concatenate(centroids) if centroids else np.zeros((0, dim))).float()
         new_classes = torch.tensor(centroid_classes, dtype=torch.long)
         self._set(new, new_classes, self._stable_ids(new, new_classes))
+        self.min_cluster_sizes = {thing: stat["min_cluster_size"] for thing, stat in stats.items()}
         return stats
-
-    def _cluster(self, points: np.ndarray, labels: Optional[np.ndarray]):
-        """(min_cluster_size, centroids, F1 against the 2D segments) of the chosen clustering of one class."""
-        if self.config.min_cluster_size is not None:
-            sizes = [self.config.min_cluster_size]
-        else:
-            sizes = sorted({max(5, round(f * len(points))) for f in _SIZE_FRACTIONS})
-        best = (0, None, -1.0)
-        for size in sizes:
-            if len(points) < max(size, 2):
-                break
-            found = _hdbscan_centroids(points, size)
-            score = float("nan") if labels is None else _segment_f1(points, found, labels)
-            if len(sizes) == 1 or score > best[2]:
-                best = (size, found, score)
-        return best
 
     def _stable_ids(self, centroids: Tensor, classes: Tensor) -> Tensor:
         """Reuse the id of the previous centroid each new one is matched to; fresh ids for the rest."""
@@ -170,33 +173,49 @@ class InstanceClusters(nn.Module):
         self.centroids, self.classes, self.ids = fn(self.centroids), fn(self.classes), fn(self.ids)
         return super()._apply(fn, recurse)
 
-    def get_extra_state(self) -> Dict[str, Tensor]:
-        return {"centroids": self.centroids.cpu(), "classes": self.classes.cpu(), "ids": self.ids.cpu()}
+    def get_extra_state(self) -> Dict[str, Any]:
+        return {
+            "centroids": self.centroids.cpu(),
+            "classes": self.classes.cpu(),
+            "ids": self.ids.cpu(),
+            "min_cluster_sizes": dict(self.min_cluster_sizes),
+        }
 
-    def set_extra_state(self, state: Dict[str, Tensor]) -> None:
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
         self._set(state["centroids"], state["classes"], state["ids"])
+        self.min_cluster_sizes = dict(state.get("min_cluster_sizes", {}))
 
 
-def _segment_f1(points: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> float:
-    """How well nearest-centroid ids reproduce the 2D segments within each view.
+def _cluster(points: np.ndarray, labels: Optional[np.ndarray], min_cluster_size: Optional[int]):
+    """(min_cluster_size, centroids, score against the 2D segments) of the chosen clustering of one class."""
+    if min_cluster_size is not None:
+        sizes = [min_cluster_size]
+    else:
+        sizes = sorted({max(5, round(f * len(points))) for f in _SIZE_FRACTIONS})
+    best = (0, None, -1.0)
+    for size in sizes:
+        if len(points) < max(size, 2):
+            break
+        found = _hdbscan_centroids(points, size)
+        score = float("nan") if labels is None else segment_agreement(points, found, labels)
+        if len(sizes) == 1 or score > best[2]:
+            best = (size, found, score)
+    return best
 
-    Over the pixel pairs of one view that share a 2D segment or an id, the F1 of "same id" against "same
-    segment". Pixels without a segment take no part.
-    """
+
+def segment_agreement(points: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> float:
+    """How well nearest-centroid ids reproduce the 2D segments within each view: panoptic quality with the
+    segments as the reference, each (view, segment) and each (view, cluster) a segment of its own, so matches
+    are made within views only. Pixels without a 2D segment are void (unlabelled by the segmenter)."""
     if len(centroids) == 0:
         return 0.0
-    ids = cKDTree(centroids).query(points)[1]
+    ids = cKDTree(centroids).query(points)[1] + 1
     views, segments = labels[:, 0], labels[:, 1]
-    keep = segments > 0
-    if not keep.any():
-        return 0.0
-
-    def pairs(*keys: np.ndarray) -> float:
-        counts = np.unique(np.stack([k[keep] for k in keys], -1), axis=0, return_counts=True)[1].astype(float)
-        return float((counts * (counts - 1) / 2).sum())
-
-    both, same_segment, same_id = pairs(views, segments, ids), pairs(views, segments), pairs(views, ids)
-    return 2 * both / max(same_segment + same_id, 1.0)
+    one_class = np.ones(len(points), dtype=np.int64)
+    reference = np.where(segments > 0, np.unique(labels, axis=0, return_inverse=True)[1].reshape(-1) + 1, 0)
+    predicted = np.unique(np.stack([views, ids], -1), axis=0, return_inverse=True)[1].reshape(-1) + 1
+    result = panoptic_quality(one_class, predicted, one_class, reference, thing_classes=[1], min_class_fraction=0)
+    return 0.0 if math.isnan(result.pq) else result.pq
 
 
 def _hdbscan_centroids(points: np.ndarray, min_cluster_size: int) -> np.ndarray:

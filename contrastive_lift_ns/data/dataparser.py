@@ -9,14 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Type
+from typing import Any, Dict, List, Optional, Tuple, Type
 
+import numpy as np
 from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio, NerfstudioDataParserConfig
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
+from PIL import Image
 
 from contrastive_lift_ns.data import scene_format as sf
 from contrastive_lift_ns.data.dataset import label_metadata, split_label_keys
+from contrastive_lift_ns.private_apis import image_path
+
+# nerfstudio's dataparser assumes this applied_transform for COLMAP scenes whose transforms.json lacks the key.
+_COLMAP_APPLIED_TRANSFORM = [[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, -1, 0]]
 
 
 @dataclass
@@ -34,20 +40,50 @@ class ContrastiveLiftDataParser(Nerfstudio):
     config: ContrastiveLiftDataParserConfig
 
     def _generate_dataparser_outputs(self, split: str = "train") -> DataparserOutputs:
-        outputs = super()._generate_dataparser_outputs(split)
-        meta, transforms_path = sf.load_transforms(self.config.data)
-        root = transforms_path.parent
+        meta, transforms_path = sf.load_transforms(self.config.data)  # clear errors before nerfstudio's own
         classes = sf.SceneClasses.from_meta(meta, transforms_path)
-        by_image = {self._get_fname(Path(f["file_path"]), root): f for f in meta["frames"]}
+        outputs = super()._generate_dataparser_outputs(split)
+        if not outputs.image_filenames:
+            raise sf.SceneFormatError(
+                f"{transforms_path}: the '{split}' split has no frames, so nothing can be evaluated; list some in "
+                f"'{split}_filenames' (or 'test_filenames'), or pass --pipeline.datamanager.dataparser.eval-mode "
+                "fraction"
+            )
+        root = transforms_path.parent
+        by_image = {image_path(self, f["file_path"], root): f for f in meta["frames"]}
         frames = [by_image[name] for name in outputs.image_filenames]
-
-        files = {key: _frame_files(frames, root, f"{key}_path", meta) for key in split_label_keys(split)}
-        outputs.metadata.update(label_metadata(classes, files))
+        _check_one_image_size(outputs.image_filenames)
+        factor = sf.label_downscale_factor(meta, transforms_path)
+        files = {key: _frame_files(frames, root, f"{key}_path", meta, factor) for key in split_label_keys(split)}
+        names = [f["file_path"] for f in frames]
+        to_poses = nerfstudio_to_poses(outputs, meta, root)
+        outputs.metadata.update(label_metadata(classes, files, outputs.cameras, outputs.scene_box, names, to_poses))
         return outputs
 
 
-def _frame_files(frames: List[Dict], root: Path, key: str, meta: Dict) -> Optional[List[Path]]:
-    """The files named by ``key``, checked against their image's size; None if no frame has an optional key.
+def _check_one_image_size(images: List[Path]) -> None:
+    """The label maps of all images are stacked for sampling, so all images must have one size (read from the
+    files' headers, so it fails before any training)."""
+    sizes: Dict[Tuple[int, int], Path] = {}
+    for path in images:
+        try:
+            with Image.open(path) as image:
+                sizes.setdefault(image.size, path)
+        except FileNotFoundError:
+            raise sf.SceneFormatError(f"{path}: image not found") from None
+        except Exception as err:  # PIL raises many types for corrupt files
+            raise sf.SceneFormatError(f"{path}: unreadable image ({err})") from None
+        if len(sizes) > 1:
+            (size_a, path_a), (size_b, path_b) = sizes.items()
+            raise sf.SceneFormatError(
+                f"images differ in size: {path_a} is {size_a[0]}×{size_a[1]}, {path_b} is {size_b[0]}×{size_b[1]}; "
+                "contrastive-lift needs one image size per scene (resize the images, or split the scene)"
+            )
+
+
+def _frame_files(frames: List[Dict], root: Path, key: str, meta: Dict, factor: int) -> Optional[List[Path]]:
+    """The files named by ``key``, checked against their image's size divided by ``factor`` (the scene's
+    ``label_downscale_factor``); None if no frame has an optional key.
 
     Segments are required; an optional key that only some frames have is an error for the first without it.
     """
@@ -65,14 +101,33 @@ def _frame_files(frames: List[Dict], root: Path, key: str, meta: Dict) -> Option
     paths = []
     for frame in frames:
         path = root / frame[key]
-        if key != sf.CONFIDENCE_KEY:
-            size = sf.label_map_size(path, frame["file_path"], what=key)
-            expected = (int(frame.get("h", meta.get("h"))), int(frame.get("w", meta.get("w"))))
-            sf.check_same_size(size, expected, path, frame["file_path"], key)
-        elif not path.exists():
-            raise sf.SceneFormatError(f"frame '{frame['file_path']}': {path}: file not found")
+        size = sf.map_size(path, frame["file_path"], what=key)
+        image = (int(frame.get("h", meta.get("h"))), int(frame.get("w", meta.get("w"))))
+        sf.check_label_size(size, image, factor, path, frame["file_path"], key)
         paths.append(path)
     return paths
+
+
+def nerfstudio_to_poses(outputs: DataparserOutputs, meta: Dict[str, Any], root: Path) -> np.ndarray:
+    """The 4×4 map from nerfstudio's normalised coordinates to those of the poses in transforms.json.
+
+    nerfstudio maps a pose position x to ``dataparser_scale · dataparser_transform · [x; 1]``, except that
+    both also fold in the scene's ``applied_transform`` and ``applied_scale`` (how some earlier capture's
+    coordinates became the transforms.json ones). Those are taken out again, so the result is in the
+    coordinates the user's poses are written in.
+    """
+    transform = np.eye(4)
+    transform[:3] = outputs.dataparser_transform.double().cpu().numpy()
+    scale = float(outputs.dataparser_scale)
+    applied = meta.get("applied_transform")
+    if applied is None and (root / "colmap" / "sparse" / "0").exists():
+        applied = _COLMAP_APPLIED_TRANSFORM
+    if applied is not None:
+        applied_4x4 = np.eye(4)
+        applied_4x4[:3] = np.asarray(applied, dtype=np.float64)[:3]
+        transform = transform @ np.linalg.inv(applied_4x4)
+    scale /= float(meta.get("applied_scale", 1.0))
+    return np.linalg.inv(transform) @ np.diag([1 / scale, 1 / scale, 1 / scale, 1.0])
 
 
 contrastive_lift_dataparser = DataParserSpecification(

@@ -5,11 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datasets.base_dataset import InputDataset
+from nerfstudio.data.scene_box import SceneBox
 
 from contrastive_lift_ns.data import scene_format as sf
+from contrastive_lift_ns.data.label_volume import label_volume
 
 LABEL_KEYS = ("segments", "semantics", "confidence")
 GT_KEYS = ("gt_instance", "gt_semantics")
@@ -20,21 +24,40 @@ def split_label_keys(split: str) -> tuple:
     return LABEL_KEYS if split == "train" else LABEL_KEYS + GT_KEYS
 
 
-def label_metadata(classes: sf.SceneClasses, files: Dict[str, Optional[List[Path]]]) -> Dict[str, Any]:
-    """The dataparser metadata this dataset reads: the classes, and one file list per label key (None: none).
+def label_metadata(
+    classes: sf.SceneClasses,
+    files: Dict[str, Optional[List[Path]]],
+    cameras: Cameras,
+    scene_box: SceneBox,
+    frame_names: List[str],
+    to_poses: np.ndarray,
+) -> Dict[str, Any]:
+    """The dataparser metadata the dataset, the model and ``cl-export`` read. Every dataparser of the project
+    fills it:
 
-    Every dataparser of the project fills it; ``<key>_path`` in transforms.json becomes ``<key>_filenames``.
+    - ``scene_classes``: the semantic classes; ``label_volume``: where the cameras look (``LabelVolume``);
+    - ``<key>_filenames``: one file per image for each label key, or None (``<key>_path`` in transforms.json);
+    - ``frame_names``: each image's name as the user's scene lists it (transforms.json's ``file_path``);
+    - ``to_poses``: the 4×4 map from nerfstudio's normalised coordinates to those of the scene's own poses.
     """
-    return {"scene_classes": classes, **{f"{key}_filenames": files.get(key) for key in LABEL_KEYS + GT_KEYS}}
+    files = {f"{key}_filenames": files.get(key) for key in LABEL_KEYS + GT_KEYS}
+    return {
+        "scene_classes": classes,
+        "label_volume": label_volume(cameras, scene_box),
+        "frame_names": frame_names,
+        "to_poses": to_poses,
+        **files,
+    }
 
 
 class ContrastiveLiftDataset(InputDataset):
     """Adds ``segments`` (int64), ``semantics`` (int64) and ``confidence`` (float32) maps, each H×W×1.
 
     Without a semantics file, pixels with a segment id are class 1 and all others class 0; without a
-    confidence file, confidence is 1. Eval splits also load ``gt_instance`` and ``gt_semantics`` when the
-    scene has them (ground-truth semantics default the same way from the ground-truth instances). Label maps
-    are resized to the loaded image with nearest-neighbour sampling.
+    confidence file, confidence is 1. Negative instance ids mean "no instance", like 0. Eval splits also load
+    ``gt_instance`` and ``gt_semantics`` when the scene has them (ground-truth semantics default the same way
+    from the ground-truth instances). Label maps are resized to the loaded image with nearest-neighbour
+    sampling.
     """
 
     # An own list: the datamanager edits the base class's list in place.
@@ -43,18 +66,21 @@ class ContrastiveLiftDataset(InputDataset):
     def get_metadata(self, data: Dict) -> Dict:
         idx = data["image_idx"]
         size = tuple(data["image"].shape[:2])
-        frame = str(self._dataparser_outputs.image_filenames[idx])
+        frame = str(self.image_filenames[idx])
         num_classes = len(self.metadata["scene_classes"].names)
 
         def labels(key: str, what: str) -> Optional[torch.Tensor]:
             files = self.metadata.get(f"{key}_filenames")
             if files is None:
                 return None
+            if not key.endswith("semantics"):
+                return _resize_nearest(torch.from_numpy(_instance_ids(files[idx], frame, what)), size)
             ids = sf.read_label_map(files[idx], frame, what)
-            if key.endswith("semantics") and (ids.min() < 0 or ids.max() >= num_classes):
+            outside = ids[(ids < 0) | (ids >= num_classes)]
+            if outside.size:
                 raise sf.SceneFormatError(
-                    f"frame '{frame}': {files[idx]}: {what} holds class id {int(ids.max())}, outside the "
-                    f"{num_classes} 'semantic_classes' of transforms.json"
+                    f"frame '{frame}': {files[idx]}: {what} holds class id {int(outside[0])}, outside the "
+                    f"{num_classes} 'semantic_classes' of transforms.json (ids 0 to {num_classes - 1})"
                 )
             return _resize_nearest(torch.from_numpy(ids), size)
 
@@ -78,10 +104,13 @@ class ContrastiveLiftDataset(InputDataset):
         """One image's 2D segment ids at its camera's resolution (H×W), without loading the image."""
         camera = self.cameras[idx]
         size = (int(camera.height), int(camera.width))
-        ids = sf.read_label_map(
-            self.metadata["segments_filenames"][idx], str(self.image_filenames[idx]), "segments_path"
-        )
+        ids = _instance_ids(self.metadata["segments_filenames"][idx], str(self.image_filenames[idx]), "segments_path")
         return _resize_nearest(torch.from_numpy(ids), size)[..., 0]
+
+
+def _instance_ids(path: Path, frame: str, what: str) -> np.ndarray:
+    """An instance id map; a negative id (-1, as some segmenters write) means "no instance", like 0."""
+    return np.maximum(sf.read_label_map(path, frame, what), 0)
 
 
 def _resize_nearest(values: torch.Tensor, size: tuple) -> torch.Tensor:

@@ -123,15 +123,25 @@ class LayoutDataParser(DataParser):
         images = [layout.image_filenames[i] for i in indices]
         files = {key: _checked(layout, key, indices) for key in split_label_keys(split)}
         scale_box = self.config.scene_scale
+        scene_box = SceneBox(aabb=torch.tensor([[-scale_box] * 3, [scale_box] * 3], dtype=torch.float32))
         return DataparserOutputs(
             image_filenames=images,
             cameras=cameras,
             # The paper's renders are opaque; compositing keeps them as they are and gives every image 3 channels.
             alpha_color=torch.zeros(3),
-            scene_box=SceneBox(aabb=torch.tensor([[-scale_box] * 3, [scale_box] * 3], dtype=torch.float32)),
+            scene_box=scene_box,
             dataparser_scale=scale,
             dataparser_transform=transform,
-            metadata=label_metadata(layout.classes, files),
+            metadata=label_metadata(
+                layout.classes,
+                files,
+                cameras,
+                scene_box,
+                [path.relative_to(self.config.data).as_posix() for path in images],
+                np.linalg.inv(
+                    np.diag([scale, scale, scale, 1.0]) @ np.vstack([transform.double().numpy(), [0, 0, 0, 1]])
+                ),
+            ),
         )
 
 

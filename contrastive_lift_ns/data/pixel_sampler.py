@@ -1,93 +1,96 @@
-"""Draws N rays from each of K images, so the contrastive loss can compare rays of one image only.
+"""The training batch: uniform rays for colour and semantics, plus rays drawn from 2D segments for the instance
+loss.
 
-2D segment ids are arbitrary per image, so a pair of rays is informative only if both come from the same
-image. nerfstudio's sampler spreads a batch over all images (about one ray per image); this one picks K
-images and N pixels in each, and keeps the rays of an image contiguous: ray ``k * N + n`` is pixel ``n`` of
-the ``k``-th picked image, so a loss can reshape any per-ray tensor to ``(K, N, ...)``.
+- **Uniform rays** (``num_rays_per_batch`` of them) are nerfstudio's own sample: pixels of random images,
+  inside the mask if there is one. They train the colour, the density and the semantic field.
+- **Instance rays** come ``rays_per_image`` from each of ``images_per_batch`` images, drawn only from pixels
+  whose 2D segment id is not 0, as in the authors' code: a ray without a segment takes part in no pair of the
+  contrastive loss, and on generated rooms only about a quarter of the pixels carry one. The rays of one
+  image are contiguous, so the loss can reshape them to ``(images, rays_per_image)`` and compare ids only
+  within an image (2D ids are arbitrary per image). Within an image, even rays are rendered by the fast
+  field and odd rays by the slow one.
 
-``random_pixels`` is the other sample the project draws: pixels spread uniformly over all training views, which
-clustering and ``cl-export`` render.
+The batch keeps nerfstudio's keys for the uniform rays (``image``, ``semantics``, ``confidence``…) and adds
+``instance_segments``, ``instance_confidence`` and ``rays_per_image`` (``keys.Batch``); ``indices`` lists the
+uniform rays first, then the instance rays, and the data manager marks the latter in the ray bundle.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple, Type, Union
+from typing import Dict, Optional, Type
 
 import torch
-from jaxtyping import Float, Int
-from nerfstudio.cameras.cameras import Cameras
+from jaxtyping import Int
 from nerfstudio.data.pixel_samplers import PixelSampler, PixelSamplerConfig
+from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
+
+from contrastive_lift_ns.keys import Batch
+from contrastive_lift_ns.validation import require
 
 
 @dataclass
-class PerImagePixelSamplerConfig(PixelSamplerConfig):
-    """Samples ``num_rays_per_batch / images_per_batch`` pixels from each of ``images_per_batch`` images."""
+class ContrastivePixelSamplerConfig(PixelSamplerConfig):
+    """nerfstudio's uniform rays, plus ``images_per_batch × rays_per_image`` rays from 2D segment pixels."""
 
-    _target: Type = field(default_factory=lambda: PerImagePixelSampler)
+    _target: Type = field(default_factory=lambda: ContrastivePixelSampler)
     """Target class to instantiate."""
     images_per_batch: int = 4
-    """K: images per batch. The authors' code uses 1 image of up to 1024 rays; more images per step give the
-    instance loss more variety at the same cost."""
+    """Images whose segment pixels give instance rays in each batch (the authors' code uses 1)."""
+    rays_per_image: int = 512
+    """Instance rays per image, half rendered by the fast field and half by the slow one (authors: 1024)."""
+
+    def __post_init__(self) -> None:
+        require(self, "images_per_batch", self.images_per_batch >= 1, "must be at least 1")
+        even = self.rays_per_image >= 2 and self.rays_per_image % 2 == 0
+        require(self, "rays_per_image", even, "must be even and at least 2 (the slow-fast loss halves them)")
 
 
-class PerImagePixelSampler(PixelSampler):
-    """Uniform pixels (or pixels inside the mask) from K distinct images, contiguous per image."""
+class ContrastivePixelSampler(PixelSampler):
+    """Uniform pixels for colour and semantics; segment pixels of a few images for the instance loss."""
 
-    config: PerImagePixelSamplerConfig
-
-    def set_num_rays_per_batch(self, num_rays_per_batch: int) -> None:
-        images = self.config.images_per_batch
-        if images < 1 or num_rays_per_batch % (2 * images):
-            raise ValueError(
-                f"num_rays_per_batch ({num_rays_per_batch}) must split into an even number of rays for each of "
-                f"images_per_batch ({images}) images (the slow-fast loss halves each image's rays)"
-            )
-        self.num_rays_per_batch = num_rays_per_batch
-
-    def sample_method(
-        self,
-        batch_size: int,
-        num_images: int,
-        image_height: int,
-        image_width: int,
-        mask: Optional[Tensor] = None,
-        device: Union[torch.device, str] = "cpu",
-    ) -> Int[Tensor, "batch_size 3"]:
-        images = self.config.images_per_batch
-        per_image = batch_size // images
-        if num_images >= images:
-            picked = torch.randperm(num_images, device=device)[:images]
-        else:  # a split smaller than K (e.g. a few eval images): blocks may repeat an image, which is harmless
-            picked = torch.randint(num_images, (images,), device=device)
-        if isinstance(mask, Tensor) and not self.config.ignore_mask:
-            weights = mask[picked, ..., 0].reshape(images, -1).float()
-            if (weights.sum(-1) == 0).any():
-                raise ValueError("a training image's mask is empty; there is no pixel to sample")
-            flat = torch.multinomial(weights, per_image, replacement=True)
-        else:
-            flat = torch.randint(image_height * image_width, (images, per_image), device=device)
-        image = picked[:, None].expand(-1, per_image)
-        return torch.stack([image, flat // image_width, flat % image_width], dim=-1).reshape(-1, 3)
+    config: ContrastivePixelSamplerConfig
+    _warned = False
 
     def collate_image_dataset_batch(self, batch: Dict, num_rays_per_batch: int, keep_full_image: bool = False):
         collated = super().collate_image_dataset_batch(batch, num_rays_per_batch, keep_full_image)
-        collated["rays_per_image"] = num_rays_per_batch // self.config.images_per_batch
+        indices = self.instance_pixels(batch[Batch.SEGMENTS][..., 0], batch.get("mask"))
+        c, y, x = indices.unbind(-1)
+        collated[Batch.INSTANCE_SEGMENTS] = batch[Batch.SEGMENTS][c, y, x]
+        collated[Batch.INSTANCE_CONFIDENCE] = batch[Batch.CONFIDENCE][c, y, x]
+        collated[Batch.RAYS_PER_IMAGE] = self.config.rays_per_image
+        indices[:, 0] = batch["image_idx"][c]  # positions in the batch → the images' camera indices
+        collated["indices"] = torch.cat([collated["indices"], indices.to(collated["indices"])])
         return collated
+
+    def instance_pixels(self, segments: Int[Tensor, "images H W"], mask: Optional[Tensor] = None) -> Tensor:
+        """(image, y, x) of ``rays_per_image`` segment pixels in each of ``images_per_batch`` images, image by
+        image; none when no image has a segment pixel."""
+        labelled = segments != 0
+        if isinstance(mask, Tensor) and not self.config.ignore_mask:
+            labelled &= mask[..., 0].to(labelled.device).bool()
+        candidates = torch.nonzero(labelled.flatten(1).any(1))[:, 0]
+        if len(candidates) == 0:
+            if not self._warned:
+                CONSOLE.print(
+                    "[bold yellow]No training image has a 2D segment (every segment map is 0): the instance loss has "
+                    "nothing to learn from. Check the segments_path maps (cl-segment makes them)."
+                )
+                self._warned = True
+            return torch.zeros(0, 3, dtype=torch.long)
+        count = self.config.images_per_batch
+        if len(candidates) >= count:
+            images = candidates[torch.randperm(len(candidates))[:count]]
+        else:  # fewer labelled images than a batch holds: some repeat, which is harmless
+            images = candidates[torch.randint(len(candidates), (count,))]
+        flat = torch.multinomial(labelled[images].flatten(1).float(), self.config.rays_per_image, replacement=True)
+        width = segments.shape[-1]
+        image = images[:, None].expand_as(flat)
+        return torch.stack([image, flat // width, flat % width], -1).reshape(-1, 3).long()
 
     def collate_image_dataset_batch_list(self, batch: Dict, num_rays_per_batch: int, keep_full_image: bool = False):
         raise ValueError(
             "contrastive-lift needs all images at one resolution (the per-image label maps are stacked); "
             "resize the images or split the scene"
         )
-
-
-def random_pixels(cameras: Cameras, count: int, seed: int) -> Tuple[Int[Tensor, "count"], Float[Tensor, "count 2"]]:  # noqa: F821
-    """``count`` pixels: a view uniformly at random, then a pixel of it; returns (view index, (y, x) of the pixel
-    centre), on the CPU. The same seed gives the same pixels."""
-    cameras = cameras.to("cpu")
-    generator = torch.Generator().manual_seed(seed)
-    views = torch.randint(len(cameras), (count,), generator=generator)
-    size = torch.cat([cameras.height[views], cameras.width[views]], dim=-1)
-    return views, (torch.rand(count, 2, generator=generator) * size).floor() + 0.5

@@ -7,13 +7,9 @@ file types and the error messages are defined once. See the README's "Scene form
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -23,6 +19,7 @@ SEMANTICS_KEY = "semantics_path"
 CONFIDENCE_KEY = "confidence_path"
 GT_INSTANCE_KEY = "gt_instance_path"
 GT_SEMANTICS_KEY = "gt_semantics_path"
+LABEL_DOWNSCALE_KEY = "label_downscale_factor"
 DEFAULT_SEMANTIC_CLASSES = ("background", "object")
 
 # PIL modes of single-channel integer images (8-bit, 16-bit little/big endian, 32-bit).
@@ -179,7 +176,7 @@ class SceneClasses:
 
     @classmethod
     def from_meta(cls, meta: Dict[str, Any], source: Path) -> "SceneClasses":
-        names = tuple(str(n) for n in meta.get("semantic_classes", DEFAULT_SEMANTIC_CLASSES))
+        names = tuple(meta.get("semantic_classes", DEFAULT_SEMANTIC_CLASSES))
         if len(names) < 2:
             raise SceneFormatError(f"{source}: 'semantic_classes' needs at least two names, got {list(names)}")
         void = meta.get("void_class")
@@ -201,77 +198,117 @@ class SceneClasses:
 
 
 def load_transforms(data: Path) -> Tuple[Dict[str, Any], Path]:
-    """Loads ``transforms.json`` from a scene folder (or an explicit json path) with a clear error."""
+    """Loads ``transforms.json`` from a scene folder (or an explicit json path) and checks the type of every key
+    the project or nerfstudio reads, with errors that name the file and the key."""
     path = Path(data)
     path = path if path.suffix == ".json" else path / "transforms.json"
     try:
-        meta = json.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise SceneFormatError(f"{path}: not found; a scene is a folder with a transforms.json") from None
+    except IsADirectoryError:
+        raise SceneFormatError(f"{path}: is a folder, not a transforms.json") from None
+    if not text.strip():
+        raise SceneFormatError(f"{path}: the file is empty")
+    try:
+        meta = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SceneFormatError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list) or not meta["frames"]:
-        raise SceneFormatError(f"{path}: needs a non-empty 'frames' list")
+    if not isinstance(meta, dict):
+        raise SceneFormatError(f"{path}: must hold a JSON object, got {type(meta).__name__}")
+    if not isinstance(meta.get("frames"), list) or not meta["frames"]:
+        raise SceneFormatError(f"{path}: needs a non-empty 'frames' list (one entry per image)")
+    for key, (types, what) in _TOP_LEVEL_TYPES.items():
+        if key in meta and not _is(meta[key], types):
+            raise SceneFormatError(f"{path}: '{key}' must be {what}, got {json.dumps(meta[key])[:80]}")
+    for index, frame in enumerate(meta["frames"]):
+        if not isinstance(frame, dict):
+            raise SceneFormatError(f"{path}: frame {index} must be a JSON object, got {json.dumps(frame)[:80]}")
+        for key, (types, what) in _FRAME_TYPES.items():
+            if key in frame and not _is(frame[key], types):
+                name = frame.get("file_path", index)
+                raise SceneFormatError(
+                    f"{path}: frame '{name}': '{key}' must be {what}, got {json.dumps(frame[key])[:80]}"
+                )
+        if "file_path" not in frame:
+            raise SceneFormatError(f"{path}: frame {index} has no 'file_path'")
     return meta, path
 
 
-def frame_paths(meta: Dict[str, Any], root: Path, key: str) -> List[Optional[Path]]:
-    """The file named by ``key`` for each frame (``None`` where a frame lacks the key), resolved against root."""
-    return [root / frame[key] if key in frame else None for frame in meta["frames"]]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Writes JSON through a temporary file in the same folder, so readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes private (0600) files
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
-def atomic_output_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yields a temporary folder beside ``path`` and renames it to ``path`` only if the block succeeds.
-
-    A failed or interrupted run leaves nothing at ``path`` (or leaves the old content untouched).
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"{path} exists and is not empty; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes private (0700) folders
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-        os.replace(path, old / "x")
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-
-
-def check_same_size(shape: Sequence[int], expected: Sequence[int], path: Path, frame: Optional[str], what: str) -> None:
-    """Raises if a label map's (H, W) differs from its image's."""
-    if tuple(shape[:2]) != tuple(expected[:2]):
-        raise SceneFormatError(
-            f"{_where(path, frame)}: {what} is {shape[1]}×{shape[0]} (W×H) but its image is {expected[1]}×{expected[0]}"
+_NUMBER = (int, float)
+_TOP_LEVEL_TYPES: Dict[str, Tuple[Any, str]] = {
+    "semantic_classes": ((list, str), "a list of class names"),
+    "thing_classes": ((list, int), "a list of class ids"),
+    "void_class": ((int, None), "a class id or null"),
+    "label_downscale_factor": ((int,), "a whole number ≥ 1"),
+    "train_filenames": ((list, str), "a list of file_path strings"),
+    "val_filenames": ((list, str), "a list of file_path strings"),
+    "test_filenames": ((list, str), "a list of file_path strings"),
+    **{key: (_NUMBER, "a number") for key in ("fl_x", "fl_y", "cx", "cy", "k1", "k2", "k3", "k4", "p1", "p2")},
+    "w": ((int, float), "a number of pixels"),
+    "h": ((int, float), "a number of pixels"),
+    "camera_model": ((str,), "a string"),
+    "applied_scale": (_NUMBER, "a number"),
+}
+_FRAME_TYPES: Dict[str, Tuple[Any, str]] = {
+    "file_path": ((str,), "a string"),
+    "transform_matrix": ((list, list), "a 4×4 list of numbers"),
+    **{
+        key: ((str,), "a file path string")
+        for key in (
+            SEGMENTS_KEY,
+            SEMANTICS_KEY,
+            CONFIDENCE_KEY,
+            GT_INSTANCE_KEY,
+            GT_SEMANTICS_KEY,
+            "mask_path",
+            "depth_file_path",
         )
+    },
+    **{key: (_NUMBER, "a number") for key in ("fl_x", "fl_y", "cx", "cy", "w", "h")},
+}
+
+
+def _is(value: Any, types: Tuple[Any, ...]) -> bool:
+    """Whether ``value`` has the JSON type ``types``: ``(list, T)`` is a list of T, ``None`` admits null; bools
+    are not numbers."""
+    if isinstance(value, bool):
+        return False
+    if types[0] is list:
+        return isinstance(value, list) and all(not isinstance(v, bool) and isinstance(v, types[1]) for v in value)
+    return (value is None and None in types) or isinstance(value, tuple(t for t in types if t is not None))
+
+
+def label_downscale_factor(meta: Dict[str, Any], source: Path) -> int:
+    """The scene's ``label_downscale_factor``: label maps are the images' size divided by it (default 1)."""
+    factor = meta.get(LABEL_DOWNSCALE_KEY, 1)
+    if factor < 1:
+        raise SceneFormatError(f"{source}: '{LABEL_DOWNSCALE_KEY}' must be a whole number ≥ 1, got {factor}")
+    return factor
+
+
+def map_size(path: Path, frame: Optional[str], what: str) -> Tuple[int, int]:
+    """The (height, width) of a label map or confidence map, checking its type from its header only (a
+    confidence ``.npz`` is read)."""
+    path = Path(path)
+    if what != CONFIDENCE_KEY:
+        return label_map_size(path, frame, what)
+    if path.suffix.lower() == ".npz":
+        return read_confidence(path, frame).shape  # type: ignore[return-value]
+    if path.suffix.lower() == ".npy":
+        return tuple(_squeeze_channel(_load_npy(path, frame, mmap=True), path, frame, what).shape)  # type: ignore
+    return _open_png(path, frame).size[::-1]
+
+
+def check_label_size(
+    size: Sequence[int], image: Sequence[int], factor: int, path: Path, frame: Optional[str], what: str
+) -> None:
+    """Raises unless a map's (H, W) is its image's (H, W) divided by ``factor`` (rounded either way)."""
+    expected = [side / factor for side in image[:2]]
+    if any(abs(got - want) >= 1 for got, want in zip(size[:2], expected)):
+        shown = f"{round(expected[1])}×{round(expected[0])}"
+        if factor > 1:
+            why = f"its image's {image[1]}×{image[0]} divided by the scene's {LABEL_DOWNSCALE_KEY} {factor}"
+        else:
+            why = "its image's size"
+        raise SceneFormatError(f"{_where(path, frame)}: {what} is {size[1]}×{size[0]} (W×H) but must be {shown}, {why}")

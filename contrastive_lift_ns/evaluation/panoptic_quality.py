@@ -22,11 +22,15 @@ computed on that list:
 - *Counting.* Matched pairs are TPs; unmatched GT segments are FNs; an unmatched predicted segment is a FP
   unless more than half of its pixels lie on GT void. Per class, SQ = ΣIoU / TP (0 without TPs),
   RQ = TP / (TP + ½FP + ½FN) and PQ = SQ · RQ = ΣIoU / (TP + ½FP + ½FN).
-- *Class filter.* The authors' rule reads "a class that covers less than 0.5% of the predicted pixels, or
-  less than 0.5% of the GT pixels, is dropped". We take it literally: a class is scored only if its
-  predicted segments cover ≥ ``min_class_fraction`` of the non-void pixels **and** its GT segments cover
-  ≥ ``min_class_fraction`` of them. So a class that the prediction misses entirely (or hallucinates) is
-  dropped rather than scored as 0. ``min_class_fraction=0`` scores every class with a segment in either map.
+- *Class filter.* A class is scored when its GT segments **or** its predicted segments cover at least
+  ``min_class_fraction`` of the non-void pixels (``class_filter="strict"``, the default and the headline
+  figure): a class the prediction misses entirely scores 0, and a hallucinated one scores 0, so missing a
+  class can never raise PQ. The authors' rule reads "a class that covers less than 0.5% of the predicted
+  pixels, or less than 0.5% of the GT pixels, is dropped"; ``class_filter="authors"`` takes it literally
+  (both must cover the fraction), for comparison with the paper's figures. It drops a class the
+  prediction misses instead of scoring it 0, so a model that predicts no objects at all can score above one
+  that finds them; the dropped classes are listed in the result. ``min_class_fraction=0`` scores every
+  class with a segment in either map, under both filters.
 - *Average.* The reported PQ, SQ and RQ are means over the scored classes, things and stuff together (for
   Messy Rooms: the mean of background and foreground). They are NaN when no class is scored.
 
@@ -54,12 +58,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Collection, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Collection, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 LabelMaps = Union[np.ndarray, Sequence[np.ndarray]]
 """One integer array of any shape (e.g. N×H×W), or a sequence of per-frame arrays."""
+ClassFilter = Literal["strict", "authors"]
 
 
 class ClassQuality(NamedTuple):
@@ -86,7 +91,7 @@ class PanopticResult:
     per_class: Dict[int, ClassQuality] = field(default_factory=dict)
     """The scored classes, by class id."""
     dropped_classes: List[int] = field(default_factory=list)
-    """Classes that have a segment but are not scored: below ``min_class_fraction``, or no TP, FP or FN."""
+    """Classes that have a segment but are not scored by the class filter."""
     num_pred_segments: int = 0
     """Number of predicted thing segments (distinct (class, id) pairs of labelled thing pixels)."""
     num_gt_segments: int = 0
@@ -130,6 +135,7 @@ def panoptic_quality(
     void_class: Optional[int] = None,
     min_class_fraction: float = 0.005,
     resize_to: Optional[Tuple[int, int]] = None,
+    class_filter: ClassFilter = "strict",
 ) -> PanopticResult:
     """Panoptic quality of all the given pixels pooled together; with all test views, this is PQ^scene.
 
@@ -142,10 +148,13 @@ def panoptic_quality(
         gt_instances: GT instance id per pixel, consistent across views; 0 on a thing pixel = void.
         thing_classes: the classes with instances; every other class except ``void_class`` is stuff.
         void_class: the GT class that marks unannotated pixels, or None when every class is real.
-        min_class_fraction: a class is scored only if both its predicted and its GT segments cover at least
-            this fraction of the non-void pixels.
+        min_class_fraction: the class filter's threshold, as a fraction of the non-void pixels.
         resize_to: (H, W) to resize every map to with nearest-neighbour sampling, or None.
+        class_filter: "strict": a class is scored if its GT or its prediction covers the fraction (a missed
+            class scores 0); "authors": only if both do (the authors' rule, which drops a missed class).
     """
+    if class_filter not in ("strict", "authors"):
+        raise ValueError(f"class_filter must be 'strict' or 'authors', got {class_filter!r}")
     things = np.array(sorted({int(c) for c in thing_classes}), dtype=np.int64)
     if void_class is not None and np.isin(void_class, things):
         raise ValueError(f"void_class {void_class} cannot also be a thing class")
@@ -207,7 +216,11 @@ def panoptic_quality(
     pred_cover = np.bincount(pred_cls_idx, weights=pred_area - pred_void_area, minlength=n)
     gt_cover = np.bincount(gt_cls_idx, weights=gt_area, minlength=n)
     threshold = min_class_fraction * num_valid
-    scored = (pred_cover >= threshold) & (gt_cover >= threshold) & (tp + fp + fn > 0)
+    if class_filter == "strict":
+        covered = (pred_cover >= threshold) | (gt_cover >= threshold)
+    else:
+        covered = (pred_cover >= threshold) & (gt_cover >= threshold)
+    scored = covered & (tp + fp + fn > 0)
 
     denominator = tp + 0.5 * fp + 0.5 * fn
     sq = np.divide(iou_sum, tp, out=np.zeros(n), where=tp > 0)
@@ -238,6 +251,7 @@ def per_frame_panoptic_quality(
     void_class: Optional[int] = None,
     min_class_fraction: float = 0.005,
     resize_to: Optional[Tuple[int, int]] = None,
+    class_filter: ClassFilter = "strict",
 ) -> PerFramePanopticResult:
     """Standard PQ of each frame on its own, averaged over frames; ids need not agree across frames.
 
@@ -245,7 +259,7 @@ def per_frame_panoptic_quality(
     :func:`panoptic_quality`, applied within each frame. Frames with no scored class are left out of the mean.
     """
     frames = [
-        panoptic_quality(ps, pi, gs, gi, thing_classes, void_class, min_class_fraction, resize_to)
+        panoptic_quality(ps, pi, gs, gi, thing_classes, void_class, min_class_fraction, resize_to, class_filter)
         for ps, pi, gs, gi in zip(pred_semantics, pred_instances, gt_semantics, gt_instances, strict=True)
     ]
     return PerFramePanopticResult(

@@ -17,11 +17,13 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
-import open3d as o3d
 import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
+from contrastive_lift_ns.drawing.palette import id_colours
 from contrastive_lift_ns.export.point_cloud import LabelledPoints
-from contrastive_lift_ns.viewer.palette import id_colours
 
 _PART_GAP = 5.0  # in median nearest-neighbour distances of the object's points, so it follows the density
 
@@ -91,12 +93,17 @@ def find_objects(
 
 
 def _largest_part(xyz: np.ndarray) -> np.ndarray:
-    """Mask of the points in the largest part, where parts are split by gaps wider than ``_PART_GAP`` spacings."""
-    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz))
-    spacing = float(np.median(cloud.compute_nearest_neighbor_distance())) if len(xyz) > 1 else 0.0
+    """Mask of the points in the largest part, where parts are split by gaps wider than ``_PART_GAP`` spacings
+    (connected components of the graph joining points closer than that)."""
+    if len(xyz) < 2:
+        return np.ones(len(xyz), dtype=bool)
+    tree = cKDTree(xyz)
+    spacing = float(np.median(tree.query(xyz, k=2)[0][:, 1]))
     if spacing == 0.0:
         return np.ones(len(xyz), dtype=bool)
-    parts = np.asarray(cloud.cluster_dbscan(eps=_PART_GAP * spacing, min_points=1))
+    pairs = tree.query_pairs(_PART_GAP * spacing, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(xyz), len(xyz)))
+    parts = connected_components(graph, directed=False)[1]
     return parts == np.bincount(parts).argmax()
 
 

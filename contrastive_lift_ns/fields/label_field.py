@@ -3,20 +3,33 @@
 The same architecture serves every label the model renders: the fast and slow instance embeddings, the
 semantic logits and Panoptic Lifting's instance logits. It reads positions only (no view direction), and the
 caller passes detached positions, so nothing it learns moves the geometry.
+
+**Where its cells are.** The grid covers the label volume (``data/label_volume.py``): the box the cameras look
+at fills its middle ``1 / (1 + shell)``, and everything outside the box is contracted into the thin shell
+around it (``x / r · (1 + shell · (1 - 1 / r))`` for ``r = ‖x‖∞ > 1`` in box units), so the sky and distant walls
+still get labels while the objects keep most of the cells. By default the finest level's cells are
+``cell_pixels`` pixels wide at the distance the cameras look at, so small objects in a large room get as many
+cells as in a small one. nerfstudio's scene contraction over [-2, 2] would instead give a fixed grid that
+coarsens as the room grows.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Type
+from typing import Any, Dict, Literal, Optional, Type
 
 import torch
 from jaxtyping import Float
 from nerfstudio.configs.base_config import InstantiateConfig
-from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.field_components.mlp import MLPWithHashEncoding
-from nerfstudio.field_components.spatial_distortions import SpatialDistortion
 from torch import Tensor, nn
+
+from contrastive_lift_ns.data.label_volume import LabelVolume
+from contrastive_lift_ns.validation import require
+
+SHELL = 0.25
+"""Width of the contracted shell around the label box, in box half-sides."""
 
 
 @dataclass
@@ -29,8 +42,12 @@ class LabelFieldConfig(InstantiateConfig):
     """Hash grid levels."""
     base_res: int = 16
     """Coarsest grid resolution."""
-    max_res: int = 512
-    """Finest grid resolution; objects a few voxels wide at this resolution can still be told apart."""
+    max_res: Optional[int] = None
+    """Finest grid resolution; None sets it from the cameras so that a finest cell is ``cell_pixels`` wide."""
+    cell_pixels: float = 2.0
+    """With max_res unset: width of a finest cell, in pixels at the distance the cameras look at."""
+    max_res_limit: int = 4096
+    """With max_res unset: the largest resolution it may get."""
     log2_hashmap_size: int = 17
     """log2 of the entries per level."""
     features_per_level: int = 2
@@ -40,6 +57,21 @@ class LabelFieldConfig(InstantiateConfig):
     num_layers: int = 2
     """MLP layers (hidden layers + 1)."""
 
+    def __post_init__(self) -> None:
+        for name in ("num_levels", "base_res", "features_per_level", "hidden_dim", "num_layers"):
+            require(self, name, getattr(self, name) >= 1, "must be at least 1")
+        require(self, "max_res", self.max_res is None or self.max_res >= self.base_res, "must be at least base-res")
+        require(self, "cell_pixels", self.cell_pixels > 0, "must be positive")
+        require(self, "max_res_limit", self.max_res_limit >= self.base_res, "must be at least base-res")
+        require(self, "log2_hashmap_size", 4 <= self.log2_hashmap_size <= 30, "must lie in [4, 30]")
+
+    def resolution(self, volume: LabelVolume) -> int:
+        """The finest grid resolution this field gets for ``volume``."""
+        if self.max_res is not None:
+            return self.max_res
+        cells = 2.0 * max(volume.half_extent) * (1.0 + SHELL) / (self.cell_pixels * volume.pixel_footprint)
+        return int(min(max(math.ceil(cells), 2 * self.base_res), self.max_res_limit))
+
 
 class LabelField(nn.Module):
     """Maps world positions to ``out_dim`` label values."""
@@ -48,33 +80,55 @@ class LabelField(nn.Module):
         self,
         config: LabelFieldConfig,
         out_dim: int,
-        aabb: Tensor,
-        spatial_distortion: Optional[SpatialDistortion],
+        volume: LabelVolume,
         implementation: Literal["tcnn", "torch"] = "tcnn",
     ) -> None:
         super().__init__()
-        self.register_buffer("aabb", aabb.clone())
-        self.spatial_distortion = spatial_distortion
-        self.out_dim = out_dim
-        self.network = MLPWithHashEncoding(
+        self.config, self.out_dim, self.implementation = config, out_dim, implementation
+        self.register_buffer("center", torch.tensor(volume.center, dtype=torch.float32))
+        self.register_buffer("half_extent", torch.tensor(volume.half_extent, dtype=torch.float32))
+        self.register_buffer("resolution", torch.tensor(config.resolution(volume)))
+        self.network = self._network(int(self.resolution))
+        self.register_load_state_dict_pre_hook(_take_saved_resolution)
+
+    def _network(self, resolution: int) -> MLPWithHashEncoding:
+        config = self.config
+        return MLPWithHashEncoding(
             num_levels=config.num_levels,
             min_res=config.base_res,
-            max_res=config.max_res,
+            max_res=resolution,
             log2_hashmap_size=config.log2_hashmap_size,
             features_per_level=config.features_per_level,
             num_layers=config.num_layers,
             layer_width=config.hidden_dim,
-            out_dim=out_dim,
+            out_dim=self.out_dim,
             activation=nn.ReLU(),
             out_activation=None,
-            implementation=implementation,
+            implementation=self.implementation,
         )
 
+    def finest_cell(self) -> float:
+        """World size of a finest-level cell inside the label box (along its longest side)."""
+        return 2.0 * float(self.half_extent.max()) * (1.0 + SHELL) / int(self.resolution)
+
+    def grid_coordinates(self, positions: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*batch 3"]:
+        """Positions in [0, 1]³: the label box in the middle, the rest of space contracted around it."""
+        box = (positions - self.center) / self.half_extent
+        radius = box.abs().amax(-1, keepdim=True)
+        outside = radius > 1.0
+        safe = torch.where(outside, radius, torch.ones_like(radius))
+        contracted = torch.where(outside, box / safe * (1.0 + SHELL * (1.0 - 1.0 / safe)), box)
+        return (contracted / (1.0 + SHELL) + 1.0) / 2.0
+
     def forward(self, positions: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*batch out_dim"]:
-        if self.spatial_distortion is not None:
-            unit = (self.spatial_distortion(positions) + 2.0) / 4.0  # contracted space is [-2, 2]^3
-        else:
-            unit = SceneBox.get_normalized_positions(positions, self.aabb)
-        unit = unit.clamp(0.0, 1.0)
+        unit = self.grid_coordinates(positions).clamp(0.0, 1.0)
         values = self.network(unit.reshape(-1, 3))
         return values.reshape(*positions.shape[:-1], self.out_dim).to(torch.float32)
+
+
+def _take_saved_resolution(field: LabelField, state_dict: Dict[str, Any], prefix: str, *args) -> None:
+    """A checkpoint brings its own grid resolution, even if the cameras (and so the default) changed since."""
+    saved = state_dict.get(prefix + "resolution")
+    if saved is not None and int(saved) != int(field.resolution):
+        field.network = field._network(int(saved)).to(field.resolution.device)
+        field.resolution.fill_(int(saved))

@@ -15,7 +15,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from contrastive_lift_ns.losses.precision import in_float32
 
+
+@in_float32
 def concentration_loss(
     fast: Float[Tensor, "K N D"],
     slow: Float[Tensor, "K M D"],

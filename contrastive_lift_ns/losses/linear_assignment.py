@@ -17,6 +17,8 @@ from jaxtyping import Float, Int
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from contrastive_lift_ns.losses.precision import in_float32
+
 
 @torch.no_grad()
 def match_segments(logits: Float[Tensor, "K N L"], labels: Int[Tensor, "K N"]) -> Int[Tensor, "K N"]:
@@ -35,6 +37,7 @@ def match_segments(logits: Float[Tensor, "K N L"], labels: Int[Tensor, "K N"]) -
     return targets
 
 
+@in_float32
 def linear_assignment_loss(
     logits: Float[Tensor, "K N L"], labels: Int[Tensor, "K N"], confidence: Float[Tensor, "K N"]
 ) -> Float[Tensor, ""]:

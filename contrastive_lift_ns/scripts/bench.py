@@ -1,6 +1,6 @@
 """``cl-bench``: the project's benchmarks; each prints its figures and writes them where it says.
 
-cl-bench lift --quick        the paper's Table 2 (PQ^scene) and Table 6 (speed) on generated scenes
+cl-bench lift --profile cpu  the paper's Table 2 (PQ^scene) and Table 6 (speed) on generated scenes
 cl-bench speed               step time against nerfacto, scaling with objects, clustering, render fps
 cl-bench losses              instance-loss cost against the number of labels
 cl-bench make-scene          cl-make-scene's run time

@@ -1,4 +1,5 @@
-"""``cl-eval``: score a trained model's test views against ground truth (PQ^scene, per-frame PQ, mIoU, PSNR).
+"""``cl-eval``: score a trained model's test views: PQ^scene, per-frame PQ and mIoU against ground truth, and,
+with or without ground truth, PSNR and the multi-view consistency of the lifted instances and of the 2D segments.
 
 Example::
 
@@ -12,19 +13,22 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 import tyro
-from nerfstudio.utils.eval_utils import eval_setup
 from nerfstudio.utils.rich_utils import CONSOLE
 from PIL import Image
+from rich.markup import escape
 from rich.table import Table
 
-from contrastive_lift_ns.data.scene_format import atomic_output_dir, atomic_write_json, write_label_map
+from contrastive_lift_ns.atomic import atomic_output_dir, atomic_write_json
+from contrastive_lift_ns.data.scene_format import SceneFormatError, write_label_map
+from contrastive_lift_ns.drawing.images import contact_sheet, id_image, save_rgb
 from contrastive_lift_ns.evaluation.scene_evaluation import evaluate, missing_ground_truth
-from contrastive_lift_ns.viewer.images import contact_sheet, id_image, save_rgb
+from contrastive_lift_ns.keys import Batch, Output
+from contrastive_lift_ns.scripts.cli import RunError, check_writable, load_run, run_command
 
 _SHEET_VIEWS = 4
 
@@ -40,18 +44,22 @@ class EvalConfig:
     render_dir: Optional[Path] = None
     """If set, write per view ``instance/<stem>.png`` (uint16 ids), ``semantics/<stem>.png`` (class ids) and
     ``rgb/<stem>.png``, and ``contact_sheet.png``: a few views as RGB | 2D segments | lifted | ground truth."""
+    step: Optional[int] = None
+    """Evaluate the checkpoint of this step instead of the newest one."""
     overwrite: bool = False
     """Replace a non-empty render_dir."""
 
     def main(self) -> None:
         start = time.perf_counter()
-        if not self.load_config.is_file():
-            sys.exit(f"cl-eval: --load-config {self.load_config}: no such file")
-        if self.render_dir is not None and self.render_dir.is_dir() and any(self.render_dir.iterdir()):
-            if not self.overwrite:
-                sys.exit(f"cl-eval: --render-dir {self.render_dir} is not empty; pass --overwrite to replace it")
-        config, pipeline, _, step = eval_setup(self.load_config, test_mode="test")
-        missing = missing_ground_truth(pipeline)
+        check_writable(self.output_path, "--output-path", folder=False)
+        if self.render_dir is not None:
+            check_writable(self.render_dir, "--render-dir", folder=True)
+            if self.render_dir.is_dir() and any(self.render_dir.iterdir()) and not self.overwrite:
+                raise RunError(f"--render-dir {self.render_dir} is not empty; pass --overwrite to replace it")
+        config, pipeline, step = load_run(self.load_config, self.step)
+        reason = pipeline.model.objects_unavailable(step)
+        if reason is not None:
+            raise RunError(f"--load-config {self.load_config}: {reason}")
         if self.render_dir is None:
             metrics = evaluate(pipeline)
         else:
@@ -72,15 +80,23 @@ class EvalConfig:
             "num_views": len(pipeline.datamanager.eval_dataset),
             "seconds": round(time.perf_counter() - start, 2),
         }
+        missing = missing_ground_truth(pipeline)
         if missing:
             report["missing_ground_truth"] = missing
         self.output_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.output_path, report)
         _print_table(report)
         if missing:
-            sys.exit(
-                f"cl-eval: the test views have no ground truth ({', '.join(missing)} missing in transforms.json), "
-                f"so only image metrics were computed; they are in {self.output_path}"
+            CONSOLE.print(
+                f"No ground truth in the test views ({', '.join(missing)} missing in transforms.json): PQ and mIoU "
+                "need it; the image metrics and the consistency are reported."
+            )
+        dropped = report.get("dropped_classes_authors_filter")
+        if dropped:
+            CONSOLE.print(
+                f"[yellow]The authors' class filter drops {escape(str(dropped))} (too few predicted or ground-truth "
+                f"pixels): pq_scene_authors_filter {report['pq_scene_authors_filter']:.4f} leaves them out, while "
+                f"pq_scene scores them (a missed class counts 0).[/yellow]"
             )
 
 
@@ -90,34 +106,36 @@ def _view_writer(folder: Path, names: List[str], sheet_rows: List[List[np.ndarra
 
     def write(index: int, outputs: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]) -> None:
         stem = names[index]
-        ids = outputs.get("instance_id", torch.zeros_like(outputs["semantic_class"]))[..., 0].long().cpu().numpy()
+        ids = outputs[Output.INSTANCE_ID][..., 0].long().cpu().numpy()
         write_label_map(folder / "instance" / f"{stem}.png", ids, sixteen_bit=True)
-        write_label_map(folder / "semantics" / f"{stem}.png", outputs["semantic_class"][..., 0].long().cpu().numpy())
+        classes = outputs[Output.SEMANTIC_CLASS][..., 0].long().cpu().numpy()
+        write_label_map(folder / "semantics" / f"{stem}.png", classes)
         save_rgb(folder / "rgb" / f"{stem}.png", outputs["rgb"])
         if index in sheet_views:
             rgb = (batch["image"][..., :3].clamp(0, 1) * 255).round().byte().numpy()
-            row = [rgb, id_image(batch["segments"][..., 0].numpy()), id_image(ids)]
-            if "gt_instance" in batch:
-                row.append(id_image(batch["gt_instance"][..., 0].numpy()))
+            row = [rgb, id_image(batch[Batch.SEGMENTS][..., 0].numpy()), id_image(ids)]
+            if Batch.GT_INSTANCE in batch:
+                row.append(id_image(batch[Batch.GT_INSTANCE][..., 0].numpy()))
             sheet_rows.append(row)
 
     return write
 
 
-def _print_table(report: Dict) -> None:
+def _print_table(report: Dict[str, Any]) -> None:
     table = Table(title=f"cl-eval: {report['method']} at step {report['step']}, {report['num_views']} test views")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in report.items():
         if isinstance(value, float):
             table.add_row(key, f"{value:.4f}")
-        elif isinstance(value, int) and key.startswith("num_objects"):
+        elif isinstance(value, int) and (key.startswith("num_objects") or key == "consistency_pairs"):
             table.add_row(key, str(value))
     CONSOLE.print(table)
 
 
 def entrypoint() -> None:
-    tyro.cli(EvalConfig).main()
+    """Entry point of the ``cl-eval`` command."""
+    run_command("cl-eval", tyro.cli(EvalConfig).main, (RunError, SceneFormatError, FileExistsError))
 
 
 if __name__ == "__main__":

@@ -20,32 +20,31 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import tyro
-from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio
-from nerfstudio.pipelines.base_pipeline import Pipeline
-from nerfstudio.utils.eval_utils import eval_setup
 from nerfstudio.utils.rich_utils import CONSOLE
 from rich.markup import escape
 from rich.table import Table
 
-from contrastive_lift_ns.data.scene_format import atomic_output_dir, atomic_write_json, load_transforms
+from contrastive_lift_ns.atomic import atomic_output_dir, atomic_write_json
+from contrastive_lift_ns.console import progress_bar
+from contrastive_lift_ns.data.scene_format import SceneFormatError
 from contrastive_lift_ns.export.objects import ExportedObject, find_objects
 from contrastive_lift_ns.export.ply import write_ply
 from contrastive_lift_ns.export.point_cloud import (
     LabelledPoints,
-    nerfstudio_to_world,
     remove_outliers,
     sample_points,
     transform_points,
     vote_labels,
 )
 from contrastive_lift_ns.model import ContrastiveLiftModel
-from contrastive_lift_ns.scripts.cli import progress_bar, run_command
+from contrastive_lift_ns.pipeline import ContrastiveLiftPipeline
+from contrastive_lift_ns.scripts.cli import RunError, check_writable, load_run, run_command
 
 
-class ExportError(ValueError):
+class ExportError(RunError):
     """A run or a flag that cannot be exported; the message names the file or the flag."""
 
 
@@ -84,11 +83,18 @@ class ExportConfig:
     def main(self) -> None:
         start = time.perf_counter()
         self._check_flags()
-        _, pipeline, _, step = eval_setup(self.load_config, test_mode="test")
+        _, pipeline, step = load_run(self.load_config)
+        if not isinstance(pipeline, ContrastiveLiftPipeline):
+            raise ExportError(
+                f"--load-config {self.load_config}: not a contrastive-lift run ({type(pipeline).__name__})"
+            )
         model = pipeline.model
-        if not isinstance(model, ContrastiveLiftModel):
-            raise ExportError(f"--load-config {self.load_config}: not a contrastive-lift run ({type(model).__name__})")
-        self._check_instances(model, step)
+        if self.recluster and model.uses_clustering and step >= model.config.instance_loss_start_step:
+            pipeline.recluster()
+        reason = model.objects_unavailable(step)
+        if reason is not None:
+            hint = "; or pass --recluster to cluster it now" if model.uses_clustering and "clustered" in reason else ""
+            raise ExportError(f"--load-config {self.load_config}: {reason}{hint}")
         wanted = self._wanted_ids(model)
         points, view_names = self._points(pipeline)
         objects, points = find_objects(
@@ -107,10 +113,7 @@ class ExportConfig:
         _print_table(objects, len(points), self.output_dir, time.perf_counter() - start)
 
     def _check_flags(self) -> None:
-        if not self.load_config.is_file():
-            raise ExportError(f"--load-config {self.load_config}: no such file")
-        if self.output_dir.exists() and not self.output_dir.is_dir():
-            raise ExportError(f"--output-dir {self.output_dir} exists and is not a folder")
+        check_writable(self.output_dir, "--output-dir", folder=True)
         if self.output_dir.is_dir() and any(self.output_dir.iterdir()) and not self.overwrite:
             raise ExportError(f"--output-dir {self.output_dir} is not empty; pass --overwrite to replace it")
         for flag in ("num_points", "min_points", "min_view_points"):
@@ -132,24 +135,6 @@ class ExportConfig:
             raise ExportError("--objects needs at least one id (or 'all')")
         return ids
 
-    def _check_instances(self, model: ContrastiveLiftModel, step: int) -> None:
-        """Object ids need a trained instance field and, except for linear-assignment, a clustering."""
-        start = model.config.instance_loss_start_step
-        if step < start:
-            raise ExportError(
-                f"--load-config {self.load_config}: the checkpoint is from step {step}, before the instance loss "
-                f"starts (instance_loss_start_step={start}), so it has no objects yet; train longer"
-            )
-        if self.recluster and model.uses_clustering:
-            model.recluster()
-        if model.uses_clustering and not model.clusters.fitted:
-            every = model.config.clustering.recluster_every
-            raise ExportError(
-                f"--load-config {self.load_config}: the model was never clustered into objects (clustering runs "
-                f"at the last training step and every {every} steps after step {start}); train longer, or pass "
-                "--recluster to cluster it now"
-            )
-
     def _wanted_ids(self, model: ContrastiveLiftModel) -> Optional[List[int]]:
         """The requested ids, checked against the model's objects before any rendering."""
         wanted = self._requested_ids()
@@ -164,30 +149,23 @@ class ExportConfig:
             raise ExportError(f"--objects: no object {_ids(unknown)} in this model; its objects are {_ids(valid)}")
         return wanted
 
-    def _points(self, pipeline: Pipeline) -> Tuple[LabelledPoints, List[str]]:
-        """Surface points of the training views in world coordinates, and the views' names."""
+    def _points(self, pipeline: ContrastiveLiftPipeline) -> Tuple[LabelledPoints, List[str]]:
+        """Surface points of the training views in the scene's pose coordinates, and the views' names."""
         datamanager = pipeline.datamanager
-        outputs = datamanager.train_dataparser_outputs
-        data = datamanager.dataparser.config.data
-        meta, transforms_path = load_transforms(data)
+        sample = datamanager.training_pixels(self.num_points, self.seed)
+        rays = datamanager.train_ray_generator(sample.indices.to(pipeline.device))
         with progress_bar() as bar:
             task = bar.add_task("Rendering rays", total=self.num_points)
-            points = sample_points(
-                pipeline.model,
-                datamanager.train_dataset.cameras,
-                self.num_points,
-                self.seed,
-                self.crop,
-                lambda n: bar.advance(task, n),
-            )
+            points = sample_points(pipeline.model, rays, self.crop, lambda n: bar.advance(task, n))
         if not len(points):
             raise ExportError(
                 f"--load-config {self.load_config}: none of the {self.num_points} rendered rays hit a surface"
                 + (" inside the scene box; try --no-crop" if self.crop else "")
             )
         points = vote_labels(remove_outliers(points))
-        points = replace(points, xyz=transform_points(nerfstudio_to_world(outputs, meta, data), points.xyz))
-        return points, _view_names(datamanager.dataparser, outputs.image_filenames, meta, transforms_path.parent)
+        metadata = datamanager.train_dataset.metadata
+        points = replace(points, xyz=transform_points(metadata["to_poses"], points.xyz))
+        return points, list(metadata["frame_names"])
 
     def _write(self, points: LabelledPoints, objects: List[ExportedObject], step: int) -> None:
         comments = [f"cl-export of {self.load_config} at step {step}", "coordinates: the scene's transforms.json poses"]
@@ -207,13 +185,6 @@ class ExportConfig:
             atomic_write_json(folder / "objects.json", table)
 
 
-def _view_names(dataparser: Nerfstudio, image_filenames: List[Path], meta: Dict[str, Any], root: Path) -> List[str]:
-    """The transforms.json ``file_path`` of each training image (the dataparser may have swapped in a
-    downscaled copy's path)."""
-    by_image = {dataparser._get_fname(Path(f["file_path"]), root): f["file_path"] for f in meta["frames"]}
-    return [by_image.get(Path(name), str(name)) for name in image_filenames]
-
-
 def _ids(ids: List[int]) -> str:
     return ", ".join(str(i) for i in ids) if ids else "none"
 
@@ -231,7 +202,7 @@ def _print_table(objects: List[ExportedObject], num_points: int, output_dir: Pat
 
 def entrypoint() -> None:
     """Entry point of the ``cl-export`` command."""
-    run_command("cl-export", tyro.cli(ExportConfig).main, (ExportError, FileExistsError))
+    run_command("cl-export", tyro.cli(ExportConfig).main, (RunError, SceneFormatError, FileExistsError))
 
 
 if __name__ == "__main__":

@@ -6,21 +6,33 @@ and returns one `Segments` (instance ids with 0 = none, semantic class ids, conf
 
 - ``mask2former``: panoptic, with the model's classes (the paper's segmenter);
 - ``sam``: class-agnostic instances from automatic mask generation;
-- ``felzenszwalb``: classical, without weights.
+- ``classical``: Felzenszwalb's and SLIC's segmentations (scikit-image), without weights.
 
 Importing this package loads no model and no transformers; each segmenter loads its weights when it is built.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Protocol, Sequence
 
 import numpy as np
 
 from contrastive_lift_ns.data.scene_format import SceneClasses
-from contrastive_lift_ns.scenes.segmenter_noise import Segments
 
 __all__ = ["Segmenter", "SegmenterError", "Segments"]
+
+
+@dataclass(frozen=True)
+class Segments:
+    """A 2D segmenter's output for one view."""
+
+    ids: np.ndarray
+    """(H, W) int64 instance ids, 0 = no segment; arbitrary per view."""
+    semantics: np.ndarray
+    """(H, W) integer semantic class ids (for the generator's segmenters: 1 object, 0 background)."""
+    confidence: np.ndarray
+    """(H, W) float32 in [0, 1]."""
 
 
 class SegmenterError(RuntimeError):

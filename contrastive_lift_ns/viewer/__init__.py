@@ -1,1 +1,1 @@
-"""viewer"""
+"""The viewer controls of the clustering."""

@@ -1,35 +1,40 @@
-"""The model's controls under the viewer's "Custom Elements": re-cluster, cluster size, and one object alone."""
+"""The controls under the viewer's "Custom Elements": re-cluster, cluster size, and one object alone."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerClick, ViewerControl, ViewerNumber, ViewerSlider
 from torch import nn
 
+from contrastive_lift_ns.keys import Output
+
 if TYPE_CHECKING:
     from contrastive_lift_ns.model import ContrastiveLiftModel
+    from contrastive_lift_ns.pipeline import ContrastiveLiftPipeline
 
 
 class ClusteringControls(nn.Module):
-    """Viewer elements for a model's clustering. An ``nn.Module`` only so that the viewer finds the elements."""
+    """Viewer elements for a pipeline's clustering. An ``nn.Module`` only so that the viewer finds the elements."""
 
-    def __init__(self, model: "ContrastiveLiftModel") -> None:
+    def __init__(self, pipeline: "ContrastiveLiftPipeline") -> None:
         super().__init__()
-        clustering = model.config.clustering
-        # Callbacks close over the model; storing it as an attribute would make it a submodule of its child.
+        model = pipeline.model
+        # Callbacks close over the pipeline; storing it as an attribute would make it a submodule of its child.
         clusters = model.uses_clustering  # linear-assignment-lift has nothing to cluster
-        self.recluster = ViewerButton("Recluster now", cb_hook=lambda _: model.recluster(), visible=clusters)
+        self.recluster = ViewerButton(
+            "Recluster now", cb_hook=lambda _: pipeline.recluster(min_cluster_size=self._size()), visible=clusters
+        )
         self.min_cluster_size = ViewerSlider(
             "Min cluster size (0: auto)",
-            clustering.min_cluster_size or 0,
+            model.config.clustering.min_cluster_size or 0,
             0,
             2000,
             step=5,
             visible=clusters,
-            cb_hook=lambda element: _set_min_cluster_size(model, int(element.value)),
+            cb_hook=lambda _: pipeline.recluster(min_cluster_size=self._size()) if model.clusters.fitted else None,
             hint="HDBSCAN's smallest object, in sampled pixels; changing it re-clusters",
         )
         self.isolated_object = ViewerNumber(
@@ -41,6 +46,10 @@ class ClusteringControls(nn.Module):
         self.pick_object = ViewerButton("Pick object by clicking", cb_hook=lambda _: self._arm_picker(model))
         self.picker = ViewerControl()
 
+    def _size(self) -> Optional[int]:
+        """The slider's size for the next clustering; 0 means the configured (or automatic) one."""
+        return int(self.min_cluster_size.value) or None
+
     def _arm_picker(self, model: "ContrastiveLiftModel") -> None:
         """The next click in the scene selects the object under the cursor."""
 
@@ -49,12 +58,6 @@ class ClusteringControls(nn.Module):
             self.isolated_object.value = object_at(model, click)
 
         self.picker.register_pointer_cb("click", on_click)
-
-
-def _set_min_cluster_size(model: "ContrastiveLiftModel", size: int) -> None:
-    model.config.clustering.min_cluster_size = size or None
-    if model.clusters.fitted:
-        model.recluster()
 
 
 @torch.no_grad()
@@ -69,11 +72,6 @@ def object_at(model: "ContrastiveLiftModel", click: ViewerClick) -> int:
         pixel_area=torch.full((1, 1), 1e-6, device=device),
         camera_indices=torch.zeros(1, 1, dtype=torch.long, device=device),
     )
-    was_training = model.training
-    model.eval()
-    try:
-        outputs = model.forward(ray)
-    finally:
-        model.train(was_training)
-    images = model.segment(outputs["semantic_logits"], outputs["instance_values"])
-    return int(images["instance_id"].item()) if "instance_id" in images else 0
+    outputs = model.render_rays(ray)
+    images = model.label_images(outputs[Output.SEMANTIC_LOGITS], outputs[model.instance_output])
+    return int(images[Output.INSTANCE_ID].item()) if Output.INSTANCE_ID in images else 0

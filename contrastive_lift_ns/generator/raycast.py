@@ -17,7 +17,7 @@ from typing import Callable, Tuple
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from contrastive_lift_ns.scenes.messy_room import BOX, CYLINDER, SPHERE, TORUS, MessyRoom, SceneObjects
+from contrastive_lift_ns.generator.room import BOX, CYLINDER, SPHERE, TORUS, MessyRoom, SceneObjects
 
 _SUN = np.array([1.0, 0.95, 0.86]) * 2.3
 _SKY = np.array([0.55, 0.62, 0.75]) * 0.75

@@ -39,33 +39,21 @@ hard        0.2       0.25               0.35                2              2
 
 ``clean`` gives the ground truth with per-view random ids. The rates are probabilities in [0, 1];
 ``boundary_px`` is a distance in pixels (at most 8) and ``false_positives`` a mean count per view (at most 20).
-
-The classical segmenter
------------------------
-``--segmenter felzenszwalb|slic`` instead runs scikit-image's graph-based (Felzenszwalb) or superpixel (SLIC)
-segmentation on the rendered RGB. Neither has a semantic head, so semantics come from a majority vote with
-the ground truth, as if an ideal "object vs background" classifier were attached: a segment whose pixels are
-mostly objects is kept (semantics 1, ids 1..K in scikit-image's order), one that is mostly floor or sky
-becomes "no segment" (id 0, semantics 0), since the scene format gives instance ids to objects only. The
-confidence of a kept segment is its purity (the share of its pixels on its most common ground-truth
-instance); on dropped segments it is the share of background pixels. Both are lower exactly where the
-segmenter errs. Its errors (mostly over-segmentation along textures, and leaks across similar colours) are
-scikit-image's own, not the rates above.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Dict, Literal, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 from scipy.ndimage import map_coordinates
-from skimage.segmentation import felzenszwalb, slic
+
+from contrastive_lift_ns.segmenters import Segments
 
 _MIN_TOUCH = 3
 _MIN_SPLIT_AREA = 32
 _WARP_GRID = 6
-_SLIC_SEGMENTS = 250
 _LIMITS = {"boundary_px": 8.0, "false_positives": 20.0}
 
 
@@ -97,18 +85,6 @@ PRESETS: Dict[str, SegmenterNoiseConfig] = {
     "realistic": SegmenterNoiseConfig(),
     "hard": SegmenterNoiseConfig(0.2, 0.25, 0.35, 2.0, 2.0),
 }
-
-
-@dataclass(frozen=True)
-class Segments:
-    """A 2D segmenter's output for one view."""
-
-    ids: np.ndarray
-    """(H, W) int64 instance ids, 0 = no segment; arbitrary per view."""
-    semantics: np.ndarray
-    """(H, W) uint8: 1 object, 0 background."""
-    confidence: np.ndarray
-    """(H, W) float32 in [0, 1]."""
 
 
 def simulate_segments(
@@ -199,32 +175,6 @@ def simulate_segments(
     lookup = np.zeros(next_label, dtype=np.int64)
     lookup[present_labels] = new_ids
     ids = lookup[labels]
-    return Segments(ids=ids, semantics=(ids > 0).astype(np.uint8), confidence=confidence.astype(np.float32))
-
-
-def classical_segments(rgb: np.ndarray, instance: np.ndarray, method: Literal["felzenszwalb", "slic"]) -> Segments:
-    """scikit-image segments of ``rgb``; object/background and confidence by vote with ``instance``."""
-    height, width = instance.shape
-    # Objects cover a fixed share of the image at any resolution, so segment sizes scale with it too.
-    if method == "felzenszwalb":
-        labels = felzenszwalb(rgb, scale=400 * width / 256, sigma=0.8, min_size=max(6, height * width // 1000))
-    else:
-        labels = slic(rgb, n_segments=_SLIC_SEGMENTS, compactness=10, start_label=0)
-    labels = labels.ravel()
-    num = int(labels.max()) + 1
-    size = np.bincount(labels, minlength=num)
-    on_object = np.bincount(labels, weights=(instance.ravel() > 0), minlength=num) / np.maximum(size, 1)
-    # Sorted (segment, instance) codes: each segment's counts are one contiguous run.
-    codes, counts = np.unique(labels * (int(instance.max()) + 1) + instance.ravel(), return_counts=True)
-    segment_of = codes // (int(instance.max()) + 1)
-    starts = np.flatnonzero(np.r_[True, segment_of[1:] != segment_of[:-1]])
-    purity = np.zeros(num)
-    purity[segment_of[starts]] = np.maximum.reduceat(counts, starts) / size[segment_of[starts]]
-    thing = on_object > 0.5
-    lookup = np.zeros(num, dtype=np.int64)
-    lookup[thing] = np.arange(1, thing.sum() + 1)
-    ids = lookup[labels].reshape(height, width)
-    confidence = np.where(thing, purity, 1.0 - on_object)[labels].reshape(height, width)
     return Segments(ids=ids, semantics=(ids > 0).astype(np.uint8), confidence=confidence.astype(np.float32))
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -11,25 +9,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from contrastive_lift_ns.viewer.palette import id_colours
-
-
-def _save_atomically(image: Image.Image, path: Path) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        image.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from contrastive_lift_ns.atomic import atomic_save_image
+from contrastive_lift_ns.drawing.palette import id_colours
 
 
 def save_rgb(path: Path, rgb: torch.Tensor) -> None:
     """An H×W×3 float image in [0, 1] as an 8-bit PNG."""
     array = (rgb.clamp(0, 1) * 255).round().byte().cpu().numpy()
-    _save_atomically(Image.fromarray(array), path)
+    atomic_save_image(Image.fromarray(array), path)
 
 
 def id_image(ids: np.ndarray) -> np.ndarray:

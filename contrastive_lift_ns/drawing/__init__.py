@@ -1,0 +1,1 @@
+"""Colours and pictures of labels: the fixed palette, colour PNGs, contact sheets."""

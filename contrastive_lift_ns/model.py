@@ -210,6 +210,7 @@ class ContrastiveLiftModel(NerfactoModel):
         """Loads everything but the instance modules from a checkpoint, and insists that all of it is there."""
         state = torch.load(checkpoint, map_location="cpu")["pipeline"]
         state = {k[len("_model.") :]: v for k, v in state.items() if k.startswith("_model.")}
+        state = {k.removeprefix("module."): v for k, v in state.items()}  # written by several processes (DDP)
         pretrained = {k: v for k, v in state.items() if not k.startswith(_INSTANCE_MODULES)}
         missing, _ = self.load_state_dict(pretrained, strict=False)
         missing = [k for k in missing if not k.startswith(_INSTANCE_MODULES)]

@@ -13,6 +13,7 @@ import pytest
 from nerfstudio.scripts.train import train_loop
 from PIL import Image
 
+from contrastive_lift_ns.data.dataparser import ContrastiveLiftDataParserConfig
 from contrastive_lift_ns.generator.writer import MakeSceneConfig, make_scene
 from contrastive_lift_ns.method_configs import contrastive_lift_small
 
@@ -47,6 +48,18 @@ def write_flat_scene(root: Path, frames: int = 4, size: int = 16, seed: int = 0)
     meta.update(train_filenames=names[:-1], val_filenames=names[-1:], test_filenames=names[-1:])
     (root / "transforms.json").write_text(json.dumps(meta))
     return root
+
+
+def dataparser_outputs(scene: Path, split: str = "train"):
+    """The project's dataparser's outputs for a scene folder."""
+    return ContrastiveLiftDataParserConfig(data=scene).setup().get_dataparser_outputs(split)
+
+
+def edit_transforms(scene: Path, edit) -> None:
+    """Rewrites the scene's transforms.json after ``edit(meta)`` changed it in place."""
+    meta = json.loads((scene / "transforms.json").read_text())
+    edit(meta)
+    (scene / "transforms.json").write_text(json.dumps(meta))
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ import torch
 from PIL import Image
 
 from contrastive_lift_ns.clustering.instance_clusters import ClusteringConfig
-from contrastive_lift_ns.data.dataparser import ContrastiveLiftDataParserConfig
 from contrastive_lift_ns.data.dataset import ContrastiveLiftDataset
 from contrastive_lift_ns.data.pixel_sampler import ContrastivePixelSamplerConfig
 from contrastive_lift_ns.data.scene_format import SceneFormatError
@@ -20,20 +18,12 @@ from contrastive_lift_ns.fields.label_field import LabelFieldConfig
 from contrastive_lift_ns.keys import Batch
 from contrastive_lift_ns.model import ContrastiveLiftModelConfig
 
-
-def _outputs(scene: Path, split: str = "train"):
-    return ContrastiveLiftDataParserConfig(data=scene).setup().get_dataparser_outputs(split)
-
-
-def _edit(scene: Path, edit) -> None:
-    meta = json.loads((scene / "transforms.json").read_text())
-    edit(meta)
-    (scene / "transforms.json").write_text(json.dumps(meta))
+from .conftest import dataparser_outputs, edit_transforms
 
 
 def _fails(scene: Path, *fragments: str, split: str = "train") -> str:
     with pytest.raises(SceneFormatError) as error:
-        ContrastiveLiftDataset(_outputs(scene, split))[1]
+        ContrastiveLiftDataset(dataparser_outputs(scene, split))[1]
     message = str(error.value)
     assert all(fragment in message for fragment in fragments), message
     return message
@@ -56,7 +46,7 @@ def test_a_broken_transforms_json_is_named_before_nerfstudio_parses_it(flat_scen
     else:
         path.write_text(content)
     with pytest.raises(SceneFormatError, match=message):
-        _outputs(flat_scene)
+        dataparser_outputs(flat_scene)
 
 
 @pytest.mark.parametrize(
@@ -70,15 +60,15 @@ def test_a_broken_transforms_json_is_named_before_nerfstudio_parses_it(flat_scen
     ],
 )
 def test_every_top_level_key_has_its_type_checked(flat_scene, key, value, message):
-    _edit(flat_scene, lambda meta: meta.update({key: value}))
+    edit_transforms(flat_scene, lambda meta: meta.update({key: value}))
     with pytest.raises(SceneFormatError, match=message):
-        _outputs(flat_scene)
+        dataparser_outputs(flat_scene)
 
 
 def test_a_frame_key_of_the_wrong_type_is_named(flat_scene):
-    _edit(flat_scene, lambda meta: meta["frames"][2].update(segments_path=["segments/2.png"]))
+    edit_transforms(flat_scene, lambda meta: meta["frames"][2].update(segments_path=["segments/2.png"]))
     with pytest.raises(SceneFormatError, match="frame 'images/2.png': 'segments_path' must be a file path string"):
-        _outputs(flat_scene)
+        dataparser_outputs(flat_scene)
 
 
 @pytest.mark.parametrize("suffix, shape", [(".png", (8, 8)), (".npy", (7, 13))])
@@ -91,7 +81,7 @@ def test_a_wrongly_sized_confidence_map_is_rejected_like_a_segment_map(flat_scen
             Image.fromarray(np.full(size, 200, np.uint8)).save(path)
         else:
             np.save(path, np.full(size, 0.5, np.float32))
-    _edit(
+    edit_transforms(
         flat_scene,
         lambda meta: [f.update(confidence_path=f"confidence/{i}{suffix}") for i, f in enumerate(meta["frames"])],
     )
@@ -104,10 +94,10 @@ def test_label_maps_may_be_smaller_by_the_declared_factor_only(flat_scene):
             flat_scene / f"segments/{i}.png"
         )  # 8×8 maps for 16×16 images
     _fails(flat_scene, "images/0.png", "8×8 (W×H) but must be 16×16")
-    _edit(flat_scene, lambda meta: meta.update(label_downscale_factor=2))
-    item = ContrastiveLiftDataset(_outputs(flat_scene))[0]
+    edit_transforms(flat_scene, lambda meta: meta.update(label_downscale_factor=2))
+    item = ContrastiveLiftDataset(dataparser_outputs(flat_scene))[0]
     assert item[Batch.SEGMENTS].shape[:2] == (16, 16)  # resized to the image by nearest neighbour
-    _edit(flat_scene, lambda meta: meta.update(label_downscale_factor=4))
+    edit_transforms(flat_scene, lambda meta: meta.update(label_downscale_factor=4))
     _fails(flat_scene, "8×8 (W×H) but must be 4×4, its image's 16×16 divided by the scene's label_downscale_factor 4")
 
 
@@ -115,8 +105,8 @@ def test_negative_segment_ids_mean_no_instance(flat_scene):
     ids = np.full((16, 16), -1, np.int32)
     ids[:8, :8] = 7
     np.save(flat_scene / "segments/1.npy", ids)
-    _edit(flat_scene, lambda meta: meta["frames"][1].update(segments_path="segments/1.npy"))
-    item = ContrastiveLiftDataset(_outputs(flat_scene))[1]
+    edit_transforms(flat_scene, lambda meta: meta["frames"][1].update(segments_path="segments/1.npy"))
+    item = ContrastiveLiftDataset(dataparser_outputs(flat_scene))[1]
     segments = item[Batch.SEGMENTS][..., 0]
     assert set(segments.unique().tolist()) == {0, 7} and (segments[8:, 8:] == 0).all()
     assert (item[Batch.SEMANTICS][..., 0] == (segments != 0).long()).all()  # -1 is not an object either
@@ -126,21 +116,23 @@ def test_a_negative_semantic_id_is_quoted(flat_scene):
     (flat_scene / "sem").mkdir()
     for i in range(4):
         np.save(flat_scene / f"sem/{i}.npy", np.full((16, 16), -1 if i == 1 else 0, np.int32))
-    _edit(flat_scene, lambda meta: [f.update(semantics_path=f"sem/{i}.npy") for i, f in enumerate(meta["frames"])])
+    edit_transforms(
+        flat_scene, lambda meta: [f.update(semantics_path=f"sem/{i}.npy") for i, f in enumerate(meta["frames"])]
+    )
     _fails(flat_scene, "images/1.png", "sem/1.npy", "class id -1, outside the 2 'semantic_classes'")
 
 
 def test_images_of_different_sizes_stop_before_training(flat_scene):
     Image.fromarray(np.zeros((20, 16, 3), np.uint8)).save(flat_scene / "images/2.png")
     with pytest.raises(SceneFormatError, match="images differ in size: .*16×16.*images/2.png is 16×20"):
-        _outputs(flat_scene)
+        dataparser_outputs(flat_scene)
 
 
 def test_an_empty_test_split_is_named_when_the_data_is_set_up(flat_scene):
-    _edit(flat_scene, lambda meta: meta.update(test_filenames=[], val_filenames=[]))
-    _outputs(flat_scene, "train")  # training alone would work
+    edit_transforms(flat_scene, lambda meta: meta.update(test_filenames=[], val_filenames=[]))
+    dataparser_outputs(flat_scene, "train")  # training alone would work
     with pytest.raises(SceneFormatError, match="the 'test' split has no frames"):
-        _outputs(flat_scene, "test")
+        dataparser_outputs(flat_scene, "test")
 
 
 @pytest.mark.parametrize(
@@ -165,7 +157,7 @@ def test_flags_that_make_training_useless_are_rejected_when_the_config_is_built(
 def test_a_scene_without_any_segment_warns(flat_scene, capsys):
     for i in range(4):
         Image.fromarray(np.zeros((16, 16), np.uint8)).save(flat_scene / f"segments/{i}.png")
-    dataset = ContrastiveLiftDataset(_outputs(flat_scene))
+    dataset = ContrastiveLiftDataset(dataparser_outputs(flat_scene))
     keys = ("image", Batch.SEGMENTS, Batch.SEMANTICS, Batch.CONFIDENCE)
     batch = {key: torch.stack([dataset[i][key] for i in range(3)]) for key in keys}
     batch["image_idx"] = torch.arange(3)

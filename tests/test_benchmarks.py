@@ -38,7 +38,7 @@ def test_the_lift_benchmark_trains_evaluates_and_reports_every_method(tmp_path, 
         assert 0.0 <= row["pq_scene"] <= 1.0 and row["num_objects_gt"] >= 1 and row["step_ms"] > 0
         assert all(key in row for key in ("pq_scene_things", "miou", "psnr", "num_objects_pred", "min_cluster_size"))
     swept = [r for r in summary["rows"] if r.get("swept")]
-    assert len(swept) == 4 and all(r["min_cluster_size"] == 5 and r["method"] == "contrastive-lift" for r in swept)
+    assert len(swept) == 2 and all(r["min_cluster_size"] == 5 and r["seed"] == 0 for r in swept)  # the first seed
     assert json.loads((out / "results.json").read_text())["rows"] == summary["rows"]
     table = (out / "results.md").read_text()
     assert all(f"| {method} |" in table for method in METHODS)
@@ -54,7 +54,7 @@ def test_the_speed_benchmark_reports_every_figure_the_issue_asks_for(tmp_path, m
     output = tmp_path / "speed.json"
     tiny = speed.SpeedBenchmark(
         output_path=output, rays_per_step=128, steps=2, warmup=1, objects=(2, 3), resolution=16,
-        cluster_train_steps=12, cluster_pixels=(300,), render_sizes=(16,),
+        cluster_train_steps=12, cluster_pixels=(300,), render_sizes=(16,), processes=(2,),
     )  # fmt: skip
     results = tiny.main()
 
@@ -66,6 +66,12 @@ def test_the_speed_benchmark_reports_every_figure_the_issue_asks_for(tmp_path, m
     assert all(row["step_ms"] > 0 and row["peak_mb"] > 0 for row in results["instance_stage"])
     assert [row["pixels"] for row in results["clustering"]] == [300]
     assert results["rendering"][0]["size"] == 16 and results["rendering"][0]["fps"] > 0
+    (scaling,) = results["scaling"]  # two gloo processes training together
+    assert scaling["processes"] == 2 and scaling["backend"] == "gloo" and scaling["steps_per_second"] > 0
     assert json.loads(output.read_text())["ratio"] == ratio
     printed = capsys.readouterr().out
-    assert "contrastive-lift / nerfacto" in printed and "| linear-assignment-lift |" in printed
+    assert (
+        "contrastive-lift / nerfacto" in printed
+        and "| linear-assignment-lift |" in printed
+        and "| 2 | gloo |" in printed
+    )

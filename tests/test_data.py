@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,25 +9,16 @@ from nerfstudio.cameras.rays import RayBundle
 from PIL import Image
 
 from contrastive_lift_ns.data.datamanager import _mark_instance_rays
-from contrastive_lift_ns.data.dataparser import ContrastiveLiftDataParserConfig
 from contrastive_lift_ns.data.dataset import ContrastiveLiftDataset
 from contrastive_lift_ns.data.pixel_sampler import ContrastivePixelSamplerConfig
 from contrastive_lift_ns.data.scene_format import SceneFormatError
 from contrastive_lift_ns.keys import Batch, RayMetadata
 
-
-def _outputs(scene: Path, split: str = "train"):
-    return ContrastiveLiftDataParserConfig(data=scene).setup().get_dataparser_outputs(split)
-
-
-def _edit(scene: Path, edit) -> None:
-    meta = json.loads((scene / "transforms.json").read_text())
-    edit(meta)
-    (scene / "transforms.json").write_text(json.dumps(meta))
+from .conftest import dataparser_outputs, edit_transforms
 
 
 def test_dataset_loads_segments_semantics_and_confidence(flat_scene):
-    dataset = ContrastiveLiftDataset(_outputs(flat_scene))
+    dataset = ContrastiveLiftDataset(dataparser_outputs(flat_scene))
     item = dataset[0]
     assert item["segments"].shape == (16, 16, 1) and item["segments"].dtype == torch.int64
     # without semantics_path: class 1 where there is a segment
@@ -52,8 +40,8 @@ def test_optional_maps_and_classes_are_read(flat_scene):
             frame["semantics_path"] = f"extra/sem{i}.png"
             frame["confidence_path"] = f"extra/conf{i}.npy"
 
-    _edit(flat_scene, add)
-    outputs = _outputs(flat_scene)
+    edit_transforms(flat_scene, add)
+    outputs = dataparser_outputs(flat_scene)
     assert outputs.metadata["scene_classes"].names == ("wall", "chair", "table")
     item = ContrastiveLiftDataset(outputs)[0]
     assert (item["semantics"] == 2).all() and torch.allclose(item["confidence"], torch.tensor(0.25))
@@ -68,19 +56,19 @@ def test_ground_truth_never_reaches_training(flat_scene):
         for i, frame in enumerate(meta["frames"]):
             frame["gt_instance_path"] = frame["gt_semantics_path"] = f"gt/{i}.png"
 
-    _edit(flat_scene, add)
-    train = ContrastiveLiftDataset(_outputs(flat_scene, "train"))
+    edit_transforms(flat_scene, add)
+    train = ContrastiveLiftDataset(dataparser_outputs(flat_scene, "train"))
     assert not {"gt_instance", "gt_semantics"} & set(train[0])
     assert train.metadata["gt_instance_filenames"] is None
-    test = ContrastiveLiftDataset(_outputs(flat_scene, "test"))
+    test = ContrastiveLiftDataset(dataparser_outputs(flat_scene, "test"))
     assert (test[0]["gt_instance"] == 1).all()
 
 
 def test_labels_are_resized_with_nearest_neighbour(flat_scene):
-    dataset = ContrastiveLiftDataset(_outputs(flat_scene), scale_factor=0.5)
+    dataset = ContrastiveLiftDataset(dataparser_outputs(flat_scene), scale_factor=0.5)
     item = dataset[0]
     assert item["image"].shape[:2] == item["segments"].shape[:2] == (8, 8)
-    original = ContrastiveLiftDataset(_outputs(flat_scene))[0]["segments"]
+    original = ContrastiveLiftDataset(dataparser_outputs(flat_scene))[0]["segments"]
     assert set(item["segments"].unique().tolist()) <= set(original.unique().tolist())
 
 
@@ -98,7 +86,7 @@ def test_labels_are_resized_with_nearest_neighbour(flat_scene):
 def test_bad_segment_maps_get_errors_naming_frame_and_file(flat_scene, breakage, message):
     segments = flat_scene / "segments/1.png"
     if breakage == "no_key":
-        _edit(flat_scene, lambda meta: meta["frames"][1].pop("segments_path"))
+        edit_transforms(flat_scene, lambda meta: meta["frames"][1].pop("segments_path"))
     elif breakage == "missing_file":
         segments.unlink()
     elif breakage == "corrupt_file":
@@ -107,11 +95,11 @@ def test_bad_segment_maps_get_errors_naming_frame_and_file(flat_scene, breakage,
         Image.fromarray(np.zeros((12, 16), np.uint8)).save(segments)
     elif breakage == "float_npy":
         np.save(flat_scene / "segments/1.npy", np.zeros((16, 16), np.float32))
-        _edit(flat_scene, lambda meta: meta["frames"][1].update(segments_path="segments/1.npy"))
+        edit_transforms(flat_scene, lambda meta: meta["frames"][1].update(segments_path="segments/1.npy"))
     elif breakage == "rgb_png":
         Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(segments)
     with pytest.raises(SceneFormatError) as error:
-        _outputs(flat_scene)
+        dataparser_outputs(flat_scene)
     assert message in str(error.value) and "images/1.png" in str(error.value)
     if breakage != "no_key":
         assert "segments/1." in str(error.value)
@@ -121,14 +109,16 @@ def test_semantic_id_outside_the_class_list_is_an_error(flat_scene):
     (flat_scene / "sem").mkdir()
     for i in range(4):
         Image.fromarray(np.full((16, 16), 5 if i == 2 else 1, np.uint8)).save(flat_scene / f"sem/{i}.png")
-    _edit(flat_scene, lambda meta: [f.update(semantics_path=f"sem/{i}.png") for i, f in enumerate(meta["frames"])])
-    dataset = ContrastiveLiftDataset(_outputs(flat_scene))
+    edit_transforms(
+        flat_scene, lambda meta: [f.update(semantics_path=f"sem/{i}.png") for i, f in enumerate(meta["frames"])]
+    )
+    dataset = ContrastiveLiftDataset(dataparser_outputs(flat_scene))
     with pytest.raises(SceneFormatError, match=r"images/2.png.*sem/2.png.*class id 5.*2 'semantic_classes'"):
         dataset[2]
 
 
 def test_instance_rays_lie_on_segment_pixels_image_by_image(flat_scene):
-    dataset = ContrastiveLiftDataset(_outputs(flat_scene))
+    dataset = ContrastiveLiftDataset(dataparser_outputs(flat_scene))
     keys = ("image", Batch.SEGMENTS, Batch.SEMANTICS, Batch.CONFIDENCE)
     batch = {key: torch.stack([dataset[i][key] for i in range(3)]) for key in keys}
     batch["image_idx"] = torch.tensor([10, 11, 12])  # absolute camera indices of the cached images
@@ -146,7 +136,7 @@ def test_instance_rays_lie_on_segment_pixels_image_by_image(flat_scene):
 
 
 def test_uniform_rays_still_cover_pixels_without_a_segment(flat_scene):
-    dataset = ContrastiveLiftDataset(_outputs(flat_scene))
+    dataset = ContrastiveLiftDataset(dataparser_outputs(flat_scene))
     keys = ("image", Batch.SEGMENTS, Batch.SEMANTICS, Batch.CONFIDENCE)
     batch = {key: torch.stack([dataset[i][key] for i in range(3)]) for key in keys}
     batch["image_idx"] = torch.arange(3)

@@ -243,3 +243,14 @@ def test_points_take_the_labels_most_of_their_neighbours_have():
     assert grazing.sum() > 50 and (voted.instance[grazing] == 0).all() and (voted.semantic_class[grazing] == 0).all()
     away_from_the_edge = np.abs(xyz[:, 0] - 0.5) > 0.05
     assert np.array_equal(voted.instance[away_from_the_edge], instance[away_from_the_edge])
+
+
+def test_an_unwritable_output_folder_is_named_before_any_rendering(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = export_script.ExportConfig(load_config=tmp_path / "no-such-run.yml", output_dir=blocker / "exports")
+    with pytest.raises(
+        export_script.RunError, match=f"--output-dir {blocker / 'exports'}: {blocker} is a file"
+    ) as error:
+        config.main()  # before the run is even looked at
+    assert ".tmp-" not in str(error.value)

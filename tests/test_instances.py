@@ -18,6 +18,10 @@ from PIL import Image
 
 from contrastive_lift_ns.data.scene_format import read_label_map
 from contrastive_lift_ns.evaluation.panoptic_quality import panoptic_quality
+from contrastive_lift_ns.generator.writer import MakeSceneConfig, make_scene
+from contrastive_lift_ns.keys import Output
+
+from .conftest import train_in_process
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -129,7 +133,7 @@ def test_ns_eval_reports_pq_scene(trained_run, tmp_path):
     assert 0 < json.loads((tmp_path / "eval.json").read_text())["results"]["pq_scene"] <= 1
 
 
-def test_cl_eval_without_ground_truth_names_the_missing_key_and_still_reports_psnr(trained_run, tmp_path):
+def test_cl_eval_without_ground_truth_reports_psnr_and_consistency(trained_run, tmp_path):
     scene = tmp_path / "scene"
     shutil.copytree(trained_run.scene, scene)
     meta = json.loads((scene / "transforms.json").read_text())
@@ -140,8 +144,68 @@ def test_cl_eval_without_ground_truth_names_the_missing_key_and_still_reports_ps
     config.pipeline.datamanager.data = config.pipeline.datamanager.dataparser.data = scene
     (tmp_path / "config.yml").write_text(yaml.dump(config))
     result = _run(BIN / "cl-eval", "--load-config", tmp_path / "config.yml", "--output-path", tmp_path / "m.json")
-    assert result.returncode != 0 and "gt_instance_path" in result.stderr
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "gt_instance_path missing" in " ".join(result.stdout.split())
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert (
         metrics["psnr"] > 10 and "pq_scene" not in metrics and metrics["missing_ground_truth"] == ["gt_instance_path"]
     )
+    # the lifted ids agree across overlapping views more often than the 2D segments can, even matched per pair
+    assert metrics["consistency_pairs"] >= 3
+    assert metrics["consistency"] > metrics["segmenter_consistency"], metrics
+
+
+def test_cl_eval_says_why_a_run_has_no_objects_and_what_is_missing(trained_run, tmp_path):
+    scene = make_scene(
+        MakeSceneConfig(output_dir=tmp_path / "scene", num_objects=2, num_views=8, resolution=16), progress=False
+    )
+    early = train_in_process(scene, tmp_path / "runs", max_steps=5, instance_loss_start_step=10**6)
+    result = _run(BIN / "cl-eval", "--load-config", early, "--output-path", tmp_path / "m.json")
+    assert result.returncode == 2 and "before the instance loss starts" in " ".join(result.stdout.split())
+    assert not (tmp_path / "m.json").exists()
+
+    folder = tmp_path / "metrics-folder"
+    folder.mkdir()
+    result = _run(BIN / "cl-eval", "--load-config", trained_run.config, "--output-path", folder)
+    assert result.returncode == 2 and "--output-path" in result.stdout and "is a folder" in result.stdout
+
+    for checkpoint in (early.parent / "nerfstudio_models").glob("*.ckpt"):
+        checkpoint.unlink()
+    result = _run(BIN / "cl-eval", "--load-config", early, "--output-path", tmp_path / "m.json")
+    assert result.returncode == 2 and "no checkpoint (step-*.ckpt)" in " ".join(result.stdout.split())
+
+    moved = yaml.load(trained_run.config.read_text(), Loader=yaml.Loader)
+    moved.pipeline.datamanager.data = tmp_path / "moved-away"
+    (tmp_path / "moved.yml").write_text(yaml.dump(moved))
+    result = _run(BIN / "cl-eval", "--load-config", tmp_path / "moved.yml", "--output-path", tmp_path / "m.json")
+    assert result.returncode == 2 and "no longer exists" in " ".join(result.stdout.split())
+
+
+def test_the_semantic_field_learns_the_small_objects(pipeline, trained_run):
+    """The thing class's IoU on the training views: objects of 4-17 pixels must come out as objects."""
+    model, dataset = pipeline.model, pipeline.datamanager.train_dataset
+    frames = {f["file_path"]: f for f in json.loads((trained_run.scene / "transforms.json").read_text())["frames"]}
+    intersection = union = 0
+    for index, name in list(enumerate(dataset.metadata["frame_names"]))[::4]:
+        outputs = model.get_outputs_for_camera(dataset.cameras[index : index + 1].to(model.device))
+        predicted = outputs[Output.SEMANTIC_CLASS][..., 0].long().cpu() == 1
+        truth = torch.from_numpy(read_label_map(trained_run.scene / frames[name]["gt_instance_path"])) > 0
+        intersection += int((predicted & truth).sum())
+        union += int((predicted | truth).sum())
+    assert intersection / union > 0.6, intersection / union
+
+
+def test_a_changed_class_list_is_named_instead_of_a_weight_mismatch(trained_run, tmp_path):
+    scene = tmp_path / "scene"
+    shutil.copytree(trained_run.scene, scene)
+    meta = json.loads((scene / "transforms.json").read_text())
+    meta["semantic_classes"] = ["void", "background", "object"]  # as if cl-segment ran again with other classes
+    meta["thing_classes"] = [2]
+    (scene / "transforms.json").write_text(json.dumps(meta))
+    config = yaml.load(trained_run.config.read_text(), Loader=yaml.Loader)
+    config.pipeline.datamanager.data = config.pipeline.datamanager.dataparser.data = scene
+    (tmp_path / "config.yml").write_text(yaml.dump(config))
+    result = _run(BIN / "cl-eval", "--load-config", tmp_path / "config.yml", "--output-path", tmp_path / "m.json")
+    message = " ".join(result.stdout.split())
+    assert result.returncode == 2 and "semantic classes changed since training" in message, message[-2000:]
+    assert "[background, object] (2 classes)" in message and "[void, background, object] (3 classes)" in message

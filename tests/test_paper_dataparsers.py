@@ -231,7 +231,7 @@ def test_bad_layouts_get_errors_naming_the_file(layouts, tmp_path, layout, break
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["messy-rooms", "panoptic-lifting"])
-def test_ns_train_trains_on_a_paper_layout(layouts, tmp_path, layout):
+def test_ns_train_trains_and_cl_export_exports_on_a_paper_layout(layouts, tmp_path, layout):
     args = [
         "contrastive-lift-small", "--output-dir", str(tmp_path), "--experiment-name", "e", "--timestamp", "t",
         "--vis", "tensorboard", "--max-num-iterations", "4", "--steps-per-save", "4",
@@ -241,4 +241,16 @@ def test_ns_train_trains_on_a_paper_layout(layouts, tmp_path, layout):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     result = subprocess.run([str(NS_TRAIN), *args], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "e/contrastive-lift-small/t/nerfstudio_models/step-000000003.ckpt").exists()
+    run = tmp_path / "e/contrastive-lift-small/t"
+    assert (run / "nerfstudio_models/step-000000003.ckpt").exists()
+
+    out = tmp_path / "export"
+    export = [str(NS_TRAIN.parent / "cl-export"), "--load-config", str(run / "config.yml"), "--output-dir", str(out)]
+    export += ["--num-points", "3000", "--min-points", "1", "--no-crop"]
+    result = subprocess.run(export, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = json.loads((out / "objects.json").read_text())
+    views = {view for row in table["objects"] for view in row["views"]}
+    assert table["num_points"] > 0 and views <= {
+        p.relative_to(layouts[layout]).as_posix() for p in layouts[layout].rglob("*.*")
+    }

@@ -45,14 +45,16 @@ PAPER_TABLE_2 = {  # Old Room environment, PQ^scene
 PROFILES: Dict[str, Dict[str, Any]] = {
     # A check of the protocol: 64 px does not resolve the objects beyond 25 of them.
     "quick": {"views": 32, "resolution": 64, "scene_steps": 800, "instance_steps": 800, "small": True},
-    # The ordering on a 2-core CPU in about an hour per seed. A view shows 20-30 objects whatever the room's
-    # size, so the views grow with the objects to keep each object in about 15 training views.
+    # The ordering on a 2-core CPU, about an hour per seed. A view shows 20-30 objects whatever the room's size,
+    # so the views grow with the objects (every object in about 15 training views) and the scene's training with
+    # the views.
     "cpu": {
         "views": 64,
-        "views_per_object": 0.64,
+        "views_per_object": 0.8,
         "resolution": 128,
-        "scene_steps": 2500,
-        "instance_steps": 1000,
+        "scene_steps": 2000,
+        "scene_steps_per_view": 8,
+        "instance_steps": 800,
         "cluster_pixels": 100_000,
         "small": True,
     },
@@ -62,11 +64,13 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "views_per_object": 1.0,
         "resolution": 256,
         "scene_steps": 20000,
+        "scene_steps_per_view": 20,
         "instance_steps": 10000,
         "cluster_pixels": 200_000,
         "small": False,
     },
 }
+
 _ROW_KEYS = (
     "pq_scene",
     "pq_scene_things",
@@ -94,7 +98,8 @@ class LiftBenchmark:
     seeds: Tuple[int, ...] = (0,)
     """Scene seeds; tables give the mean ± standard deviation over them."""
     sweep_min_cluster_size: Tuple[int, ...] = ()
-    """Also cluster each trained slow-fast model with these fixed min_cluster_size values and score them."""
+    """Also cluster the trained slow-fast models of the first seed with these fixed min_cluster_size values and
+    score them."""
     overwrite: bool = False
     """Replace a non-empty output folder."""
     workers: int = 0
@@ -107,18 +112,23 @@ class LiftBenchmark:
 
 def _run(config: LiftBenchmark) -> Dict[str, Any]:
     profile = PROFILES[config.profile]
-    jobs = [(count, seed) for seed in config.seeds for count in config.objects]
+    # Largest scene first, beside the smaller ones: the workers finish at about the same time.
+    counts = sorted(config.objects, reverse=True)
+    counts = [counts[0], *sorted(counts[1:])]
+    jobs = [(count, seed) for seed in config.seeds for count in counts]
     workers = config.workers or ((os.cpu_count() or 1) if profile["small"] else 1)
     workers = min(workers, len(jobs))
     threads = max(1, (os.cpu_count() or 1) // workers)
     with atomic_output_dir(config.output_dir, overwrite=config.overwrite) as folder:
-        args = [(count, seed, folder, profile, threads, config.sweep_min_cluster_size) for count, seed in jobs]
+        first = config.seeds[0]
+        sweep = config.sweep_min_cluster_size
+        args = [(count, seed, folder, profile, threads, sweep if seed == first else ()) for count, seed in jobs]
         if workers == 1:
             per_scene = [_scene_rows(*job) for job in args]
         else:
             with multiprocessing.get_context("spawn").Pool(workers) as pool:
                 per_scene = pool.starmap(_scene_rows, args, chunksize=1)
-        rows = [row for scene_rows in per_scene for row in scene_rows]
+        rows = sorted((row for scene_rows in per_scene for row in scene_rows), key=lambda r: (r["seed"], r["objects"]))
         summary = {
             "command": " ".join(sys.argv),
             "date": datetime.date.today().isoformat(),
@@ -140,23 +150,25 @@ def _scene_rows(
     """One scene: generated, trained without instances, then each method's instance stage on it."""
     torch.set_num_threads(threads)
     name = f"{count}-seed{seed}"
+    views = max(profile["views"], round(profile.get("views_per_object", 0) * count))
     scene = make_scene(
         MakeSceneConfig(
             output_dir=folder / f"scene-{name}",
             num_objects=count,
-            num_views=max(profile["views"], round(profile.get("views_per_object", 0) * count)),
+            num_views=views,
             resolution=profile["resolution"],
             seed=seed,
         ),
         progress=False,
     )
-    checkpoint = _train_scene(scene, folder / "runs" / f"{name}-scene", profile)
+    scene_steps = profile["scene_steps"] + profile.get("scene_steps_per_view", 0) * views
+    checkpoint = _train_scene(scene, folder / "runs" / f"{name}-scene", scene_steps, profile)
     rows = []
     for method in METHODS:
         config, step_seconds = _instance_stage(scene, checkpoint, method, folder / "runs" / f"{name}-{method}", profile)
         pipeline = eval_setup(config.get_base_dir() / "config.yml", test_mode="test")[1]
         timing = {"step_ms": 1000 * step_seconds, "iterations_per_second": 1 / step_seconds}
-        rows.append(_row(pipeline, count, seed, method, timing))
+        rows.append(_row(pipeline, count, seed, method, {"views": views, "scene_steps": scene_steps, **timing}))
         print(json.dumps(rows[-1]), flush=True)
         if method == "contrastive-lift":
             for size in sweep:
@@ -189,12 +201,12 @@ def _base(method: str, profile: Dict[str, Any]):
     return config
 
 
-def _train_scene(scene: Path, output: Path, profile: Dict[str, Any]) -> Path:
+def _train_scene(scene: Path, output: Path, steps: int, profile: Dict[str, Any]) -> Path:
     """Geometry, colour and semantics, with no instance loss."""
     config = quiet(_base("contrastive-lift", profile), output)
     config.pipeline.datamanager.data = scene
     config.pipeline.model.instance_loss_start_step = 10**9
-    return train_timed(config, profile["scene_steps"]).checkpoint
+    return train_timed(config, steps).checkpoint
 
 
 def _instance_stage(scene: Path, checkpoint: Path, method: str, output: Path, profile: Dict[str, Any]):

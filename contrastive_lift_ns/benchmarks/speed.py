@@ -6,6 +6,9 @@
    three instance losses. Target for slow-fast: ≤ 1.1× from 25 to 500 objects.
 3. Clustering time (rendering the sampled pixels, then HDBSCAN) for 25k, 100k and 400k pixels.
 4. Frames per second of rendering the ``instance`` output at 256² and 512².
+5. Scaling over processes: steps per second of ``contrastive-lift`` trained by 1 and 2 processes (nerfstudio's
+   distributed training: gloo on the CPU, NCCL on GPUs), each process with its own batch, so a step of N
+   processes trains N times the rays. On a CPU the processes share its cores.
 
 Step times that are compared are measured side by side: the models train in one process, one step of each
 in turn, so a slow spell of a shared machine slows all of them alike; the proposal networks follow their
@@ -17,7 +20,10 @@ from __future__ import annotations
 
 import copy
 import datetime
+import json
 import multiprocessing
+import os
+import socket
 import sys
 import tempfile
 import time
@@ -25,6 +31,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+import torch
+import torch.distributed as dist
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.models.nerfacto import NerfactoModelConfig
@@ -61,6 +69,8 @@ class SpeedBenchmark:
     """Sampled pixel counts for the clustering time."""
     render_sizes: Tuple[int, ...] = (256, 512)
     """Square render sizes for the frames-per-second figure."""
+    processes: Tuple[int, ...] = (1, 2)
+    """Numbers of training processes for the scaling row (one GPU each, or a share of the CPU cores)."""
     seed: int = 0
     """Scene seed."""
 
@@ -108,10 +118,62 @@ def _run(config: SpeedBenchmark) -> Dict[str, Any]:
                 peak = _in_subprocess(_peak_memory, config, scenes[n], loss, Path(tmp), True, n)
                 results["instance_stage"].append({"method": method, "objects": n, **timing, "peak_mb": peak})
         results.update(_in_subprocess(_cluster_and_render, config, first, Path(tmp)))
+        results["scaling"] = [_scaling(config, first, Path(tmp) / f"scaling-{n}", n) for n in config.processes]
     config.output_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(config.output_path, results)
     print(markdown(results))
     return results
+
+
+def _scaling(config: SpeedBenchmark, scene: Path, output: Path, processes: int) -> Dict[str, Any]:
+    """Steps per second of ``processes`` ranks training together (all losses on), as nerfstudio's launcher runs
+    them: one process group, then one trainer per rank."""
+    output.mkdir(parents=True)
+    port = _free_port()
+    context = multiprocessing.get_context("spawn")
+    ranks = [
+        context.Process(target=_scaling_rank, args=(rank, processes, port, config, scene, output))
+        for rank in range(processes)
+    ]
+    for rank in ranks:
+        rank.start()
+    for rank in ranks:
+        rank.join()
+    if any(rank.exitcode for rank in ranks):
+        raise RuntimeError(f"a training process of the {processes}-process scaling run failed")
+    step_ms = json.loads((output / "rank0.json").read_text())["step_ms"]
+    return {
+        "processes": processes,
+        "backend": "nccl" if torch.cuda.is_available() else "gloo",
+        "step_ms": step_ms,
+        "steps_per_second": 1000 / step_ms,
+        "rays_per_second": 1000 / step_ms * processes * config.rays_per_step,
+    }
+
+
+def _scaling_rank(rank: int, processes: int, port: int, config: SpeedBenchmark, scene: Path, output: Path) -> None:
+    gpu = torch.cuda.is_available()
+    if not gpu:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
+    if processes > 1:
+        dist.init_process_group(
+            "nccl" if gpu else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=processes
+        )
+    trainer = _config(config, scene, "slow-fast", output / f"rank{rank}", False, 0)
+    trainer.machine.seed += rank  # as nerfstudio's launcher seeds its ranks
+    try:
+        run = train_timed(trainer, config.warmup + config.steps, config.warmup, False, rank, processes)
+    finally:
+        if processes > 1:
+            dist.destroy_process_group()
+    if rank == 0:
+        (output / "rank0.json").write_text(json.dumps({"step_ms": 1000 * run.mean_step}))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _in_subprocess(fn, *args) -> Dict[str, Any]:
@@ -233,4 +295,10 @@ def markdown(results: Dict[str, Any]) -> str:
         lines.append(f"| {row['pixels']:,} | {row['render_s']:.1f} s | {row['hdbscan_s']:.1f} s | {row['objects']} |")
     lines += ["", "| render `instance` | frames/s |", "|---|---|"]
     lines += [f"| {r['size']}² | {r['fps']:.2f} |" for r in results["rendering"]]
+    lines += ["", "| training processes | backend | ms/step | steps/s | rays/s |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {r['processes']} | {r['backend']} | {r['step_ms']:.0f} | {r['steps_per_second']:.2f} | "
+        f"{r['rays_per_second']:.0f} |"
+        for r in results["scaling"]
+    ]
     return "\n".join(lines) + "\n"

@@ -67,22 +67,27 @@ def quiet(config: TrainerConfig, output_dir: Path) -> TrainerConfig:
     return config
 
 
-def train_timed(config: TrainerConfig, steps: int, warmup: int = 10, save: bool = True) -> TimedRun:
-    """Sets up ``config``'s trainer and runs ``steps`` steps, timing those after ``warmup``."""
-    (run,) = train_interleaved([config], steps, warmup)
+def train_timed(
+    config: TrainerConfig, steps: int, warmup: int = 10, save: bool = True, local_rank: int = 0, world_size: int = 1
+) -> TimedRun:
+    """Sets up ``config``'s trainer (as rank ``local_rank`` of ``world_size`` processes) and runs ``steps``
+    steps, timing those after ``warmup``."""
+    (run,) = train_interleaved([config], steps, warmup, local_rank, world_size)
     if save:
         run.trainer.save_checkpoint(steps - 1)
     return run
 
 
-def train_interleaved(configs: Sequence[TrainerConfig], steps: int, warmup: int = 10) -> List[TimedRun]:
+def train_interleaved(
+    configs: Sequence[TrainerConfig], steps: int, warmup: int = 10, local_rank: int = 0, world_size: int = 1
+) -> List[TimedRun]:
     """Trains several models in one process, one step of each in turn, so that a slow spell of a shared
     machine falls on all of them alike: their step times can be compared side by side."""
     runs = []
     for config in configs:
         config.max_num_iterations = steps
         config.save_config()
-        trainer = config.setup(local_rank=0, world_size=1)
+        trainer = config.setup(local_rank=local_rank, world_size=world_size)
         trainer.setup()
         runs.append(TimedRun(trainer))
     for step in range(steps):

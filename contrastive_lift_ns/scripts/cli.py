@@ -48,8 +48,9 @@ def load_run(load_config: Path, step: Optional[int] = None) -> Tuple[TrainerConf
         raise RunError(f"--load-config {load_config}: no checkpoint (step-*.ckpt) in {checkpoints}")
     if step is not None and step not in steps:
         raise RunError(f"--step {step}: no checkpoint of that step in {checkpoints}; there are steps {steps}")
-    data = config.pipeline.datamanager.data
-    if data is None or not Path(data).exists():
+    datamanager = config.pipeline.datamanager
+    data = datamanager.data if datamanager.data is not None else datamanager.dataparser.data  # as nerfstudio reads it
+    if not Path(data).exists():
         raise RunError(
             f"--load-config {load_config}: the scene it was trained on, {data}, no longer exists; move it back, or "
             "edit pipeline.datamanager.data in the config"

@@ -78,11 +78,11 @@ def fit_label_schedules(config: TrainerConfig) -> None:
     first = 0 if config.load_step is None else config.load_step + 1  # nerfstudio counts the steps from there
     end = first + config.max_num_iterations
     for group, start in (
-        ("semantic_field", model.semantic_loss_start_step),
-        ("instance_field", model.instance_loss_start_step),
+        ("semantic_field", getattr(model, "semantic_loss_start_step", None)),
+        ("instance_field", getattr(model, "instance_loss_start_step", None)),
     ):
         scheduler = config.optimizers.get(group, {}).get("scheduler")
-        if isinstance(scheduler, ExponentialDecaySchedulerConfig):
+        if start is not None and isinstance(scheduler, ExponentialDecaySchedulerConfig):
             scheduler.lr_pre_warmup = config.optimizers[group]["optimizer"].lr  # constant until the stage starts
             scheduler.warmup_steps = start
             scheduler.max_steps = max(end, start + 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from nerfstudio.scripts.train import train_loop
 from nerfstudio.utils.eval_utils import eval_setup
 
 from contrastive_lift_ns.generator.writer import MakeSceneConfig, make_scene
+from contrastive_lift_ns.method_configs import contrastive_lift_small
+from contrastive_lift_ns.trainer import fit_label_schedules
 
 from .conftest import train_in_process
 
@@ -140,3 +143,25 @@ def test_resuming_skips_a_truncated_checkpoint(tmp_path, capsys):
     resumed = trainer.get_checkpoint_dir()
     assert [p.name for p in resumed.iterdir()] == ["step-000000004.ckpt"]  # resumed at 3, trained steps 3 and 4
     assert torch.load(resumed / "step-000000004.ckpt", map_location="cpu", weights_only=False)["step"] == 4
+
+
+def test_the_label_learning_rates_decay_over_their_own_stage():
+    """The instance field trains from its loss's start step: its learning rate stays put until then and decays
+    to the final value at the run's last step (not over the whole run from step 0)."""
+    config = copy.deepcopy(contrastive_lift_small.config)
+    config.pipeline.model.instance_loss_start_step, config.max_num_iterations = 600, 1000
+    fit_label_schedules(config)
+    group = config.optimizers["instance_field"]
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([parameter], lr=group["optimizer"].lr)
+    scheduler = group["scheduler"].setup().get_scheduler(optimizer, group["optimizer"].lr)
+    rates = {}
+    for step in range(1001):
+        rates[step] = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == rates[599] == group["optimizer"].lr
+    assert rates[800] < rates[600] and rates[1000] == pytest.approx(group["scheduler"].lr_final)
+    config.load_step = 999  # a resumed run trains max_num_iterations more steps: the decay ends there
+    fit_label_schedules(config)
+    assert config.optimizers["instance_field"]["scheduler"].max_steps == 2000

@@ -195,6 +195,7 @@ def _base(method: str, profile: Dict[str, Any]):
     # A registered method name: eval_setup looks the run's method up to rebuild its datamanager.
     config = trainer_config(method, METHODS[method], small=profile["small"])
     config.pipeline.model.clustering.recluster_every = 0  # cluster once, at the end
+    config.pipeline.model.use_appearance_embedding = False  # generated scenes have constant lighting
     config.pipeline.model.clustering.num_pixels = profile.get(
         "cluster_pixels", config.pipeline.model.clustering.num_pixels
     )

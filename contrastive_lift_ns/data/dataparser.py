@@ -21,9 +21,6 @@ from contrastive_lift_ns.data import scene_format as sf
 from contrastive_lift_ns.data.dataset import label_metadata, split_label_keys
 from contrastive_lift_ns.private_apis import image_path
 
-# nerfstudio's dataparser assumes this applied_transform for COLMAP scenes whose transforms.json lacks the key.
-_COLMAP_APPLIED_TRANSFORM = [[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, -1, 0]]
-
 
 @dataclass
 class ContrastiveLiftDataParserConfig(NerfstudioDataParserConfig):
@@ -121,7 +118,7 @@ def nerfstudio_to_poses(outputs: DataparserOutputs, meta: Dict[str, Any], root: 
     scale = float(outputs.dataparser_scale)
     applied = meta.get("applied_transform")
     if applied is None and (root / "colmap" / "sparse" / "0").exists():
-        applied = _COLMAP_APPLIED_TRANSFORM
+        applied = sf.COLMAP_APPLIED_TRANSFORM
     if applied is not None:
         applied_4x4 = np.eye(4)
         applied_4x4[:3] = np.asarray(applied, dtype=np.float64)[:3]

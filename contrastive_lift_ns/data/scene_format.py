@@ -20,6 +20,8 @@ CONFIDENCE_KEY = "confidence_path"
 GT_INSTANCE_KEY = "gt_instance_path"
 GT_SEMANTICS_KEY = "gt_semantics_path"
 LABEL_DOWNSCALE_KEY = "label_downscale_factor"
+# nerfstudio's dataparser assumes this applied_transform for a COLMAP scene whose transforms.json lacks the key.
+COLMAP_APPLIED_TRANSFORM = [[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, -1, 0]]
 DEFAULT_SEMANTIC_CLASSES = ("background", "object")
 
 # PIL modes of single-channel integer images (8-bit, 16-bit little/big endian, 32-bit).

@@ -88,6 +88,7 @@ def evaluate(
     if with_std:
         metrics.update({f"{key}_std": float(np.std(values)) for key, values in image_metrics.items()})
     metrics.update(_consistency(views, prediction, segmenter))
+    metrics["num_objects_pred"] = _count_objects(prediction, classes)
     if has_ground_truth:
         metrics.update(_scene_metrics(prediction, ground_truth, segmenter, classes))
     return metrics
@@ -147,7 +148,6 @@ def _scene_metrics(prediction: _Maps, ground_truth: _Maps, segmenter: _Maps, cla
         "miou": mean_iou(prediction.semantics, ground_truth.semantics, len(classes.names), classes.void_id),
         "segmenter_pq_frame": segmenter_frame.pq,
         "segmenter_pq_scene": segmenter_scene.pq,
-        "num_objects_pred": _count_objects(prediction, classes),
         "num_objects_gt": _count_objects(ground_truth, classes),
     }
     thing_pq = [q.pq for c, q in scene.per_class.items() if c in classes.thing_ids]

@@ -31,8 +31,8 @@ _MAX_FILL = 0.4
 _GAP = 0.005
 _MIN_FLOOR = 0.5
 _RUG_MARGIN = 0.15
-# Each view covers about this floor width (m), but at most the rug plus a margin in small scenes.
-_VIEW_WIDTH = 1.5
+# Each view covers about this floor width (m) by default, but at most the rug plus a margin in small scenes.
+VIEW_WIDTH = 1.5
 _VIEW_MARGIN = 1.1
 # Camera distance per metre of rug side, and the shell's relative thickness.
 _CAMERA_DISTANCE = 1.3
@@ -187,9 +187,15 @@ class MessyRoom:
 
 
 def make_room(
-    num_objects: int, num_views: int, resolution: int, seed: int, floor_size: Optional[float] = None
+    num_objects: int,
+    num_views: int,
+    resolution: int,
+    seed: int,
+    floor_size: Optional[float] = None,
+    view_width: float = VIEW_WIDTH,
 ) -> MessyRoom:
-    """Lays out a random scene; the same arguments give the same scene.
+    """Lays out a random scene; the same arguments give the same scene. Each view covers about ``view_width``
+    metres of floor (at most the rug plus a margin).
 
     Raises ValueError naming --num-objects / --floor-size when the objects do not fit the floor.
     """
@@ -206,7 +212,7 @@ def make_room(
     xy = _place(rng, footprint, floor_size, num_objects)
     center = np.concatenate([xy, lift[:, None]], 1)
     objects = SceneObjects(shape, center, rotation, params, radius, *_sample_textures(rng, num_objects))
-    view_width = min(_VIEW_WIDTH, _VIEW_MARGIN * floor_size)
+    view_width = min(view_width, _VIEW_MARGIN * floor_size)
     distance = _CAMERA_DISTANCE * floor_size
     cameras = _sample_cameras(rng, num_views, resolution, floor_size, view_width, distance)
     sun_elevation, sun_azimuth = np.radians(rng.uniform(40, 65)), rng.uniform(0, 2 * np.pi)

@@ -30,7 +30,7 @@ from contrastive_lift_ns.data.scene_format import (
 )
 from contrastive_lift_ns.drawing.images import contact_sheet, id_image
 from contrastive_lift_ns.generator.raycast import Renderer, View
-from contrastive_lift_ns.generator.room import MessyRoom, make_room, scene_objects_json
+from contrastive_lift_ns.generator.room import VIEW_WIDTH, MessyRoom, make_room, scene_objects_json
 from contrastive_lift_ns.generator.segmenter_noise import PRESETS, SegmenterNoiseConfig, simulate_segments
 from contrastive_lift_ns.segmenters import Segments
 from contrastive_lift_ns.segmenters.classical import classical_segments
@@ -82,6 +82,9 @@ class MakeSceneConfig:
     ] = None
     """Side of the square the objects stand in, in metres (at most 14); by default it grows with --num-objects
     to keep the clutter density."""
+    view_width: float = VIEW_WIDTH
+    """Width of floor each view covers, in metres (at most the rug plus a margin): 1.5 shows 20-30 objects per
+    view, as the paper's Messy Rooms do; wider views show more objects, smaller, and each object in more views."""
     preset: Literal["clean", "realistic", "hard"] = "realistic"
     """Error rates of the simulated segmenter; the rate flags below override single values."""
     miss_rate: _FromPreset = None
@@ -123,7 +126,14 @@ def make_scene(config: MakeSceneConfig, progress: bool = True) -> Path:
     start = time.perf_counter()
     with atomic_output_dir(config.output_dir, overwrite=config.overwrite) as root:
         try:
-            room = make_room(config.num_objects, config.num_views, config.resolution, config.seed, config.floor_size)
+            room = make_room(
+                config.num_objects,
+                config.num_views,
+                config.resolution,
+                config.seed,
+                config.floor_size,
+                config.view_width,
+            )
         except ValueError as err:
             raise MakeSceneError(str(err)) from None
         for folder in _FOLDERS.values():
@@ -172,6 +182,8 @@ def _check(config: MakeSceneConfig) -> None:
         problems.append(f"--resolution must be between 16 and {MAX_RESOLUTION} pixels, got {config.resolution}")
     if config.floor_size is not None and not 0 < config.floor_size <= MAX_FLOOR:
         problems.append(f"--floor-size must be between 0 and {MAX_FLOOR:g} metres, got {config.floor_size}")
+    if not 0.2 <= config.view_width <= 10:
+        problems.append(f"--view-width must be between 0.2 and 10 metres, got {config.view_width}")
     if config.test_every < 2:
         problems.append(f"--test-every must be at least 2 so that some views are for training, got {config.test_every}")
     given = [name for name in _RATE_FLAGS if getattr(config, name) is not None]
@@ -225,6 +237,7 @@ def _transforms(
             "num_views": config.num_views,
             "resolution": config.resolution,
             "floor_size": round(room.floor_size, 6),
+            "view_width": config.view_width,
             "segmenter": config.segmenter,
             "preset": config.preset if config.segmenter == "simulated" else None,
             "noise": asdict(noise) if config.segmenter == "simulated" else None,

@@ -46,7 +46,7 @@ from rich.markup import escape
 from contrastive_lift_ns.atomic import atomic_copy, atomic_output_dir, atomic_write_json
 from contrastive_lift_ns.console import progress_bar
 from contrastive_lift_ns.data import scene_format as sf
-from contrastive_lift_ns.scripts.cli import run_command
+from contrastive_lift_ns.scripts.cli import RunError, check_writable, run_command
 from contrastive_lift_ns.segmenters import Segmenter, SegmenterError, Segments
 
 CONSOLE = Console(width=120)
@@ -54,8 +54,6 @@ _MAPS = {sf.SEGMENTS_KEY: "segments", sf.SEMANTICS_KEY: "semantics", sf.CONFIDEN
 # Files a transforms.json names (per frame, and at the top level), which a scene written elsewhere must still reach.
 _FRAME_FILES = ("file_path", "mask_path", "depth_file_path", sf.GT_INSTANCE_KEY, sf.GT_SEMANTICS_KEY)
 _SPLIT_FILES = ("train_filenames", "val_filenames", "test_filenames")
-# nerfstudio's dataparser assumes this applied_transform for a COLMAP scene whose transforms.json lacks the key.
-_COLMAP_APPLIED_TRANSFORM = [[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, -1, 0]]
 
 
 class SegmentError(ValueError):
@@ -149,7 +147,7 @@ def segment(config: SegmentConfig, progress: bool = True) -> Path:
 def entrypoint() -> None:
     """Entry point of the ``cl-segment`` command."""
     config = tyro.cli(SegmentConfig)
-    run_command("cl-segment", lambda: segment(config), (SegmentError, SegmenterError))
+    run_command("cl-segment", lambda: segment(config), (SegmentError, SegmenterError, RunError))
 
 
 def _check(config: SegmentConfig) -> str:
@@ -245,19 +243,13 @@ def _warn_without_downscaled_images(images: List[Path], root: Path, factor: int)
 
 def _check_output_dir(out: Path, overwrite: bool, sources: List[Path]) -> None:
     """Refuses an --output-dir that cannot be written, or whose replacement would delete the source scene."""
-    if out.exists() and not out.is_dir():
-        raise SegmentError(f"--output-dir {out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise SegmentError(f"--output-dir {out}: not empty; pass --overwrite to replace it")
     resolved = out.resolve()
     for source in sources:
         if source.resolve().is_relative_to(resolved):
             raise SegmentError(f"--output-dir {out}: holds {source} of the source scene; choose another folder")
-    parent = resolved.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not _writable(parent):
-        raise SegmentError(f"--output-dir {out}: cannot write in {parent}")
+    check_writable(out, "--output-dir", folder=True)
 
 
 def _load(config: SegmentConfig, device: str) -> Segmenter:
@@ -388,7 +380,7 @@ def _relocated(meta: Dict[str, Any], root: Path, out: Path) -> Dict[str, Any]:
     if "ply_file_path" in meta:
         meta["ply_file_path"] = moved(meta["ply_file_path"])
     if "applied_transform" not in meta and (root / "colmap" / "sparse" / "0").exists():
-        meta["applied_transform"] = _COLMAP_APPLIED_TRANSFORM  # the new scene has no colmap/ to imply it
+        meta["applied_transform"] = sf.COLMAP_APPLIED_TRANSFORM  # the new scene has no colmap/ to imply it
     return meta
 
 

@@ -173,7 +173,7 @@ def _scene_rows(
         if method == "contrastive-lift":
             for size in sweep:
                 pipeline.recluster(min_cluster_size=size)
-                rows.append(_row(pipeline, count, seed, method, {"swept": True}))
+                rows.append(_row(pipeline, count, seed, method, {"swept": True, "min_cluster_size": size}))
                 print(json.dumps(rows[-1]), flush=True)
     return rows
 

@@ -78,6 +78,8 @@ _ROW_KEYS = (
     "pq_frame",
     "segmenter_pq_frame",
     "segmenter_pq_scene",
+    "consistency",
+    "segmenter_consistency",
     "miou",
     "psnr",
     "num_objects_pred",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import multiprocessing
 import os
 import statistics
@@ -187,10 +188,15 @@ def _row(pipeline, count: int, seed: int, method: str, extra: Dict[str, Any]) ->
         "objects": count,
         "seed": seed,
         "method": method,
-        **{key: metrics[key] for key in _ROW_KEYS},
+        # NaN (a consistency with no overlapping views) becomes null: JSON has no NaN.
+        **{key: None if _is_nan(metrics[key]) else metrics[key] for key in _ROW_KEYS},
         "min_cluster_size": next(iter(sizes.values()), None) if pipeline.model.uses_clustering else None,
         **extra,
     }
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _base(method: str, profile: Dict[str, Any]):

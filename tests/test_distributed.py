@@ -4,8 +4,11 @@ group (gloo on the loopback here, so it runs on CPUs), then nerfstudio's own ``t
 from __future__ import annotations
 
 import copy
+import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,13 @@ def test_two_cpu_ranks_train_identical_fields_one_clustering_and_a_checkpoint_th
     assert [p.name for p in checkpoints] == ["step-000000149.ckpt"]
     pipeline = eval_setup(config.get_base_dir() / "config.yml", test_mode="test")[1]
     assert evaluate(pipeline)["pq_scene"] == pytest.approx(ranks[0]["pq"], abs=1e-12)
+    metrics = tmp_path / "metrics.json"
+    cl_eval = Path(sys.executable).parent / "cl-eval"
+    result = subprocess.run(
+        [str(cl_eval), "--load-config", str(config.get_base_dir() / "config.yml"), "--output-path", str(metrics)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert json.loads(metrics.read_text())["pq_scene"] == pytest.approx(ranks[0]["pq"], abs=1e-12)

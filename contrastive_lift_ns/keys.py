@@ -39,6 +39,9 @@ class Batch:
     """The 2D segmenter's class id per pixel."""
     CONFIDENCE = "confidence"
     """The 2D segmenter's confidence per pixel, in [0, 1]."""
+    DEPTH = "depth_image"
+    """The capture's depth per pixel, in nerfstudio's scaled units (0 = no measurement), where the frames have
+    depth maps; nerfstudio's name, so its depth losses read it."""
     GT_INSTANCE = "gt_instance"
     """Evaluation only: ground-truth instance ids, consistent across views."""
     GT_SEMANTICS = "gt_semantics"

@@ -83,10 +83,10 @@ def trainer_config(method_name: str, instance_loss: InstanceLoss, small: bool = 
             model=model,
         ),
         optimizers={
-            "proposal_networks": _optimizer(1e-2, 1e-4, 200_000),
-            "fields": _optimizer(1e-2, 1e-4, 200_000),
-            "camera_opt": _optimizer(1e-3, 1e-4, 5000),
-            # The trainer fits these two decays to their stages (from the loss's start step to the last step).
+            "proposal_networks": _optimizer(1e-2, 1e-4, steps),
+            "fields": _optimizer(1e-2, 1e-4, steps),
+            "camera_opt": _optimizer(1e-3, 1e-4, steps),
+            # The trainer fits every decay to the run, and the label fields' to their stages (loss start to last step).
             "semantic_field": _optimizer(1e-2, 1e-3, steps),
             "instance_field": _optimizer(1e-2, 1e-3, steps),
         },

@@ -1,6 +1,7 @@
 """Contrastive Lift: nerfacto plus a semantic field and an instance embedding field (slow-fast contrastive).
 
-The scene (density, colour, proposal networks) is nerfacto's, trained by the RGB loss alone. The label fields
+The scene (density, colour, proposal networks) is nerfacto's, trained by the RGB loss, plus nerfstudio's depth
+loss where the frames have depth maps (``depth_loss_mult``; 0 turns it off). The label fields
 read detached sample positions and are rendered with detached weights, so no semantic or instance gradient
 reaches the geometry. They are evaluated at only ``label_samples_per_ray`` samples per ray, placed at the
 quantiles of the ray's weight distribution, each carrying an equal share of the ray's accumulation: the
@@ -17,9 +18,10 @@ the instance loss: ``slow-fast`` (eq. 4 + eq. 5, the paper's method), ``vanilla`
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Type
 
@@ -29,13 +31,14 @@ from jaxtyping import Float
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.field_components.field_heads import FieldHeadNames
-from nerfstudio.model_components.losses import scale_gradients_by_distance_squared
+from nerfstudio.model_components.losses import DepthLossType, depth_loss, scale_gradients_by_distance_squared
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
 from contrastive_lift_ns import workarounds
 from contrastive_lift_ns.clustering.instance_clusters import ClusteringConfig, InstanceClusters
+from contrastive_lift_ns.data.label_volume import LabelVolume
 from contrastive_lift_ns.data.scene_format import SceneClasses, SceneFormatError
 from contrastive_lift_ns.drawing.palette import embedding_colours, id_colours
 from contrastive_lift_ns.fields.label_field import LabelField, LabelFieldConfig
@@ -48,6 +51,7 @@ from contrastive_lift_ns.validation import require
 
 InstanceLoss = Literal["slow-fast", "vanilla", "linear-assignment"]
 _INSTANCE_MODULES = ("instance_field.", "slow_field.", "clusters.")
+_SURFACE_ACCUMULATION = 0.5  # a pixel sees a surface (its depth gives a 3D point) from this accumulation
 
 
 @dataclass
@@ -92,6 +96,22 @@ class ContrastiveLiftModelConfig(NerfactoModelConfig):
     """A nerfstudio checkpoint of this model whose geometry, colour and semantic weights are loaded at start-up."""
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     """How embeddings are clustered into objects."""
+    scene_cell_pixels: Optional[float] = 1.5
+    """Width of the scene field's finest cell, in pixels at the distance the cameras look at: its resolution
+    (max_res) grows to give that where the room is large, and the proposal networks' resolutions and every hash
+    table grow with it (``scene_grids``); it never shrinks below the configured sizes. None: fixed sizes."""
+    scene_max_res_limit: int = 8192
+    """The largest finest resolution the scene field may get from scene_cell_pixels."""
+    scene_log2_hashmap_limit: int = 21
+    """The largest log2 hash table size a scene or proposal grid may get from scene_cell_pixels."""
+    depth_loss_mult: float = 1e-3
+    """Weight of nerfstudio's DS-NeRF depth loss on the uniform rays, used where the frames have depth maps
+    (``depth_file_path`` in transforms.json, or a paper layout's depth/ folder); 0 trains from RGB alone."""
+    depth_sigma: float = 0.01
+    """Spread of the depth loss around the measured depth, in nerfstudio's scaled scene units (as depth-nerfacto's
+    depth_sigma)."""
+    is_euclidean_depth: bool = False
+    """The depth maps hold distances from the camera centre rather than z-depth along the optical axis."""
 
     def __post_init__(self) -> None:
         require(self, "embedding_dim", self.embedding_dim >= 1, "must be at least 1")
@@ -100,10 +120,41 @@ class ContrastiveLiftModelConfig(NerfactoModelConfig):
         require(self, "slow_field_momentum", 0.0 <= self.slow_field_momentum < 1.0, "must lie in [0, 1)")
         for name in ("contrastive_temperature", "vanilla_temperature"):
             require(self, name, getattr(self, name) > 0, "must be positive")
-        for name in ("semantic_loss_mult", "instance_loss_mult", "concentration_loss_mult"):
+        require(self, "depth_sigma", self.depth_sigma > 0, "must be positive")
+        for name in ("semantic_loss_mult", "instance_loss_mult", "concentration_loss_mult", "depth_loss_mult"):
             require(self, name, getattr(self, name) >= 0, "must not be negative")
         for name in ("semantic_loss_start_step", "instance_loss_start_step"):
             require(self, name, getattr(self, name) >= 0, "must not be negative")
+        positive = self.scene_cell_pixels is None or self.scene_cell_pixels > 0
+        require(self, "scene_cell_pixels", positive, "must be positive")
+
+    def scene_grids(self, volume: LabelVolume) -> "ContrastiveLiftModelConfig":
+        """This configuration with the scene field's and the proposal networks' grids grown for ``volume``.
+
+        nerfacto's grids span its contracted cube [-2, 2] at a fixed resolution, and nerfstudio scales every
+        room into it, so a fixed grid gets coarser as the room grows. The finest scene cell is made
+        ``scene_cell_pixels`` wide where the cameras look; the proposal grids grow by the same factor (they keep
+        their ratio to the scene grid), and each hash table by its square (the cells on a surface).
+        """
+        if self.scene_cell_pixels is None:
+            return self
+        needed = min(volume.cells(4.0, self.scene_cell_pixels), self.scene_max_res_limit)
+        factor = max(1.0, needed / self.max_res)
+        grow = math.ceil(2.0 * math.log2(factor) - 1e-9)
+
+        def table(log2_size: int) -> int:
+            return max(log2_size, min(log2_size + grow, self.scene_log2_hashmap_limit))
+
+        proposals = [
+            {**args, "max_res": round(args["max_res"] * factor), "log2_hashmap_size": table(args["log2_hashmap_size"])}
+            for args in self.proposal_net_args_list
+        ]
+        return replace(
+            self,
+            max_res=round(self.max_res * factor),
+            log2_hashmap_size=table(self.log2_hashmap_size),
+            proposal_net_args_list=proposals,
+        )
 
 
 class ContrastiveLiftModel(NerfactoModel):
@@ -115,11 +166,12 @@ class ContrastiveLiftModel(NerfactoModel):
         if self.config.predict_normals:
             raise ValueError("contrastive-lift does not support --pipeline.model.predict-normals")
         workarounds.activate()  # checkpoints of this model load and its videos render
+        volume = self.kwargs["metadata"]["label_volume"]
+        self.config = self.config.scene_grids(volume)
         with workarounds.without_lpips():
             super().populate_modules()
         self.scene_classes: SceneClasses = self.kwargs["metadata"]["scene_classes"]
         self.step = 0
-        volume = self.kwargs["metadata"]["label_volume"]
 
         def label_field(config: LabelFieldConfig, out_dim: int) -> LabelField:
             return config.setup(out_dim=out_dim, volume=volume, implementation=self.config.implementation)
@@ -284,23 +336,30 @@ class ContrastiveLiftModel(NerfactoModel):
         }
         for i, (prop_weights, prop_samples) in enumerate(zip(weights_list, ray_samples_list)):
             outputs[f"prop_depth_{i}"] = self.renderer_depth(weights=prop_weights, ray_samples=prop_samples)
-        if self.training:  # the proposal and distortion losses need every level
+        if self.training:  # the proposal, distortion and depth losses need every level
             outputs["weights_list"] = weights_list + [weights]
             outputs["ray_samples_list"] = ray_samples_list + [ray_samples]
+            if "directions_norm" in ray_bundle.metadata:  # z-depth → distance along the ray, for the depth loss
+                outputs["directions_norm"] = ray_bundle.metadata["directions_norm"]
         return outputs, ray_samples, weights
 
     @torch.no_grad()
     def get_outputs_for_camera_ray_bundle(self, camera_ray_bundle: RayBundle) -> Dict[str, Tensor]:
         outputs = super().get_outputs_for_camera_ray_bundle(camera_ray_bundle)
-        outputs.update(self.label_images(outputs.pop(Output.SEMANTIC_LOGITS), outputs.pop(self.instance_output)))
+        positions = surface_points(camera_ray_bundle, outputs)
+        labels = self.label_images(outputs.pop(Output.SEMANTIC_LOGITS), outputs.pop(self.instance_output), positions)
+        outputs.update(labels)
         return outputs
 
-    def label_images(self, semantic_logits: Tensor, instance_render: Tensor) -> Dict[str, Tensor]:
+    def label_images(
+        self, semantic_logits: Tensor, instance_render: Tensor, positions: Optional[Tensor] = None
+    ) -> Dict[str, Tensor]:
         """Raw label renders → images: ``semantic_class`` and ``instance_id`` (float ids, 1 channel), their
         palette colours ``semantics`` and ``instance``, and the embedding's colours (``keys.Output``).
 
-        ``instance_render`` is the embedding, or linear assignment's logits. Instance ids appear once the model
-        has been clustered (linear-assignment needs no clustering).
+        ``instance_render`` is the embedding, or linear assignment's logits; ``positions`` (the pixels' surface
+        points, ``surface_points``) tell apart the parts of a cluster split in space. Instance ids appear once
+        the model has been clustered (linear-assignment needs no clustering).
         """
         classes = semantic_logits.argmax(-1)
         images = {Output.SEMANTIC_CLASS: classes[..., None].float(), Output.SEMANTICS: id_colours(classes)}
@@ -308,7 +367,7 @@ class ContrastiveLiftModel(NerfactoModel):
             images[Output.EMBEDDING_COLOURS] = embedding_colours(instance_render)
             if not self.clusters.fitted:
                 return images
-            ids = self.clusters.assign(instance_render, classes)
+            ids = self.clusters.assign(instance_render, classes, positions)
         else:
             thing = torch.as_tensor(self.scene_classes.is_thing, device=classes.device)[classes]
             ids = torch.where(thing, instance_render.argmax(-1) + 1, torch.zeros_like(classes))
@@ -349,12 +408,14 @@ class ContrastiveLiftModel(NerfactoModel):
         outputs = self.render_rays(rays)
         render_time = time.perf_counter() - start
         classes = outputs[Output.SEMANTIC_LOGITS].argmax(-1)
-        stats = self.clusters.fit(outputs[Output.EMBEDDING], classes, segments, views, min_cluster_size)
+        positions = surface_points(rays, outputs)
+        stats = self.clusters.fit(outputs[Output.EMBEDDING], classes, segments, views, min_cluster_size, positions)
         total = time.perf_counter() - start
         sizes = ", ".join(str(s["min_cluster_size"]) for s in stats.values())
+        split = sum(s["objects"] - s["clusters"] for s in stats.values())
         CONSOLE.log(
             f"Clustered {len(rays)} pixels into {len(self.clusters.ids)} objects in {total:.1f} s "
-            f"(render {render_time:.1f} s; min cluster size {sizes or '-'})"
+            f"(render {render_time:.1f} s; min cluster size {sizes or '-'}; {split} more from clusters split in space)"
         )
         return {"per_class": stats, "objects": len(self.clusters.ids), "seconds": total, "render_seconds": render_time}
 
@@ -372,7 +433,28 @@ class ContrastiveLiftModel(NerfactoModel):
             losses["semantic_loss"] = self.config.semantic_loss_mult * (cross_entropy * confidence).mean()
         if self.training and (Output.FAST_EMBEDDING in outputs or self.instance_output in outputs):
             losses.update(self._instance_losses(outputs, batch))
+        if self.training and Batch.DEPTH in batch and "weights_list" in outputs and self.config.depth_loss_mult > 0:
+            losses["depth_loss"] = self.config.depth_loss_mult * self._depth_loss(outputs, batch[Batch.DEPTH])
         return losses
+
+    def _depth_loss(self, outputs: Dict[str, Any], depth: Tensor) -> Tensor:
+        """nerfstudio's DS-NeRF loss of the uniform rays' measured depth, averaged over the proposal levels and
+        the final samples, so the proposal networks learn the surfaces too (as depth-nerfacto does)."""
+        levels = list(zip(outputs["weights_list"], outputs["ray_samples_list"]))
+        total = sum(
+            depth_loss(
+                weights=weights,
+                ray_samples=samples,
+                termination_depth=depth.to(self.device),
+                predicted_depth=outputs["expected_depth"],
+                sigma=torch.tensor([self.config.depth_sigma], device=self.device),
+                directions_norm=outputs["directions_norm"],
+                is_euclidean=self.config.is_euclidean_depth,
+                depth_loss_type=DepthLossType.DS_NERF,
+            )
+            for weights, samples in levels
+        )
+        return total / len(levels)
 
     def _instance_losses(self, outputs: Dict[str, Tensor], batch: Dict[str, Any]) -> Dict[str, Tensor]:
         """The instance loss on the instance rays, ``images × rays_per_image`` of them, image by image."""
@@ -414,6 +496,12 @@ class ContrastiveLiftModel(NerfactoModel):
 def _listed(names) -> str:
     shown = ", ".join(list(names)[:5])
     return f"[{shown}{', …' if len(names) > 5 else ''}] ({len(names)} classes)"
+
+
+def surface_points(rays: RayBundle, outputs: Dict[str, Tensor]) -> Tensor:
+    """Each ray's rendered surface point (origin + depth · direction); NaN where it sees little surface."""
+    points = rays.origins + rays.directions * outputs["depth"]
+    return points.masked_fill(outputs["accumulation"] < _SURFACE_ACCUMULATION, math.nan)
 
 
 def _render_field(field: nn.Module, positions: Tensor, weights: Tensor) -> Tensor:

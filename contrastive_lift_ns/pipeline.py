@@ -93,11 +93,12 @@ class ContrastiveLiftPipeline(VanillaPipeline):
         return self._fit(num_pixels, seed, min_cluster_size)
 
     def _fit(self, num_pixels: Optional[int], seed: Optional[int], min_cluster_size: Optional[int]) -> Dict[str, Any]:
+        config = self.model.config.clustering
         if num_pixels is not None or seed is not None:
-            sample = self.datamanager.training_pixels(num_pixels or self.model.config.clustering.num_pixels, seed or 0)
+            sample = self.datamanager.training_pixels(num_pixels or config.num_pixels, seed or 0, config.segment_share)
         else:
             if self._cluster_pixels is None:
-                self._cluster_pixels = self.datamanager.training_pixels(self.model.config.clustering.num_pixels, 0)
+                self._cluster_pixels = self.datamanager.training_pixels(config.num_pixels, 0, config.segment_share)
             sample = self._cluster_pixels
         rays = self.datamanager.train_ray_generator(sample.indices.to(self.device))
         return self.model.fit_clusters(rays, sample.segments, sample.indices[:, 0], min_cluster_size)

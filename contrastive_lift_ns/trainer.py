@@ -3,18 +3,21 @@
 - **Atomic checkpoints.** A checkpoint is written in a hidden folder beside the checkpoint folder (nerfstudio
   reads every name in the checkpoint folder as a step) and renamed into place, so a crash while saving leaves
   the previous checkpoints and no partial file.
-- **Label learning rates follow their stage.** The semantic and instance fields start training late (their loss
-  start steps); their learning rates stay at the initial value until then and decay over the rest of the run,
-  not over the whole run from step 0 (``fit_label_schedules``).
+- **Learning rates fit the run.** Every exponential decay ends at the run's last step, whatever its length
+  (nerfacto's decay over 200,000 steps would leave a 2,000-step run near its initial rates). The semantic and
+  instance fields start training late (their loss start steps): their rates stay at the initial value until
+  then and decay over the rest of the run (``fit_schedules``).
 - **Resuming skips unreadable checkpoints.** nerfstudio's ``--load-dir`` takes the newest checkpoint, even one
   cut short by a crash (written by an older version, or copied half-way); this trainer takes the newest one
-  that is a complete file instead, and says which it skipped.
+  that is a complete file instead, and says which it skipped. A folder with no complete checkpoint stops the
+  run before anything loads, with one line that says so.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -25,6 +28,7 @@ from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
+from rich.markup import escape
 
 from contrastive_lift_ns.private_apis import start_step
 
@@ -44,8 +48,12 @@ class ContrastiveLiftTrainer(Trainer):
 
     def setup(self, test_mode="val") -> None:
         if self.config.load_dir is not None and self.config.load_step is None:
-            self.config.load_step = newest_complete_checkpoint(Path(self.config.load_dir))
-        fit_label_schedules(self.config)
+            try:
+                self.config.load_step = newest_complete_checkpoint(Path(self.config.load_dir))
+            except (FileNotFoundError, ValueError) as err:  # ns-train is nerfstudio's: one line, no traceback
+                CONSOLE.print(f"[bold red]error:[/bold red] {escape(str(err))}")
+                sys.exit(1)
+        fit_schedules(self.config)
         super().setup(test_mode)
 
     @property
@@ -72,20 +80,25 @@ class ContrastiveLiftTrainer(Trainer):
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def fit_label_schedules(config: TrainerConfig) -> None:
-    """Sets the label fields' exponential decays to run from their loss's start step to the run's last step."""
+def fit_schedules(config: TrainerConfig) -> None:
+    """Sets every exponential decay to end at the run's last step; the label fields' decays start at their
+    loss's start step."""
     model = config.pipeline.model
     first = 0 if config.load_step is None else config.load_step + 1  # nerfstudio counts the steps from there
     end = first + config.max_num_iterations
-    for group, start in (
-        ("semantic_field", getattr(model, "semantic_loss_start_step", None)),
-        ("instance_field", getattr(model, "instance_loss_start_step", None)),
-    ):
-        scheduler = config.optimizers.get(group, {}).get("scheduler")
-        if start is not None and isinstance(scheduler, ExponentialDecaySchedulerConfig):
-            scheduler.lr_pre_warmup = config.optimizers[group]["optimizer"].lr  # constant until the stage starts
+    starts = {
+        "semantic_field": getattr(model, "semantic_loss_start_step", 0),
+        "instance_field": getattr(model, "instance_loss_start_step", 0),
+    }
+    for group, settings in config.optimizers.items():
+        scheduler = settings.get("scheduler")
+        if not isinstance(scheduler, ExponentialDecaySchedulerConfig):
+            continue
+        start = starts.get(group, 0)
+        if start > 0:
+            scheduler.lr_pre_warmup = settings["optimizer"].lr  # constant until the stage starts
             scheduler.warmup_steps = start
-            scheduler.max_steps = max(end, start + 1)
+        scheduler.max_steps = max(end, scheduler.warmup_steps + 1)
 
 
 def newest_complete_checkpoint(folder: Path) -> int:
@@ -104,4 +117,7 @@ def newest_complete_checkpoint(folder: Path) -> int:
             CONSOLE.print(f"[yellow]Skipping the unreadable checkpoint {path} ({err}); resuming from an older one")
             continue
         return int(path.stem.split("-")[1])
-    raise ValueError(f"--load-dir {folder}: none of its {len(checkpoints)} checkpoints is a complete file")
+    raise ValueError(
+        f"--load-dir {folder}: none of its {len(checkpoints)} checkpoints is a complete file (cut short while "
+        "written or copied); copy them again, or start without --load-dir"
+    )

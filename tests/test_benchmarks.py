@@ -27,22 +27,32 @@ def test_the_lift_benchmark_trains_evaluates_and_reports_every_method(tmp_path, 
     monkeypatch.setitem(lift.PROFILES, "quick", tiny)
     out = tmp_path / "lift"
     benchmark = LiftBenchmark(
-        output_dir=out, profile="quick", objects=(2, 3), seeds=(0, 1), sweep_min_cluster_size=(5,), workers=2
+        output_dir=out,
+        profile="quick",
+        objects=(2, 3),
+        hard_objects=(2,),
+        seeds=(0, 1),
+        sweep_min_cluster_size=(5,),
+        workers=2,
     )  # two scenes at a time, in parallel processes
     summary = benchmark.main()
 
     trained = [r for r in summary["rows"] if not r.get("swept")]
-    expected = [(n, seed, m) for seed in (0, 1) for n in (2, 3) for m in METHODS]
-    assert [(r["objects"], r["seed"], r["method"]) for r in trained] == expected
+    scenes = [(2, "hard"), (2, "realistic"), (3, "realistic")]
+    expected = [(n, seed, preset, m) for seed in (0, 1) for n, preset in scenes for m in METHODS]
+    assert [(r["objects"], r["seed"], r["preset"], r["method"]) for r in trained] == expected
+    keys = ("pq_scene_things", "pq_frame", "segmenter_pq_frame", "miou", "psnr", "min_cluster_size", "step_ms")
     for row in trained:
         assert 0.0 <= row["pq_scene"] <= 1.0 and row["num_objects_gt"] >= 1 and row["step_ms"] > 0
-        assert all(key in row for key in ("pq_scene_things", "miou", "psnr", "num_objects_pred", "min_cluster_size"))
+        assert all(key in row for key in keys)
+        assert 0 <= row["num_objects_matched"] <= min(row["num_objects_gt"], row["num_objects_pred"])
     swept = [r for r in summary["rows"] if r.get("swept")]
     assert len(swept) == 2 and all(r["min_cluster_size"] == 5 and r["seed"] == 0 for r in swept)  # the first seed
     assert json.loads((out / "results.json").read_text())["rows"] == summary["rows"]
     table = (out / "results.md").read_text()
     assert all(f"| {method} |" in table for method in METHODS)
     assert "±" in table and "seeds: [0, 1]" in table and "| 5 |" in table  # spread over seeds, and the sweep
+    assert "2 objects (hard)" in table and "Matched objects" in table
     assert (out / "pq_scene.png").stat().st_size > 0 and (out / "speed.png").stat().st_size > 0
 
 

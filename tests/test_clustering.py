@@ -109,3 +109,45 @@ def test_colours_are_fixed_per_id_and_per_embedding():
     embeddings = torch.randn(10, 3)
     assert torch.equal(embedding_colours(embeddings), embedding_colours(embeddings.clone()))
     assert embedding_colours(torch.randn(4, 8)).shape == (4, 3)
+
+
+def _two_rooms(per_object=400, seed=0):
+    """Two objects with the same embedding, far apart in space, never in one view (views 0-4 see the first,
+    views 5-9 the second); each view's segment ids are its own."""
+    generator = torch.Generator().manual_seed(seed)
+    embeddings = torch.randn(2 * per_object, 3, generator=generator) * 0.05
+    centres = torch.tensor([[0.0, 0.0, 0.0], [4.0, 0.0, 0.0]]).repeat_interleave(per_object, 0)
+    positions = centres + torch.rand(2 * per_object, 3, generator=generator) * 0.5
+    views = torch.randint(0, 5, (2 * per_object,), generator=generator) + torch.arange(2).repeat_interleave(
+        per_object
+    ) * 5
+    segments = torch.full_like(views, 7)
+    return embeddings, positions, views, segments
+
+
+def test_two_objects_never_in_one_view_with_one_embedding_get_two_ids():
+    embeddings, positions, views, segments = _two_rooms()
+    classes = torch.ones(len(embeddings), dtype=torch.long)
+    clusters = _clusters()
+    stats = clusters.fit(embeddings, classes, segments, views, positions=positions)
+    assert stats[1]["clusters"] == 1 and stats[1]["objects"] == 2
+    ids = clusters.assign(embeddings, classes, positions)
+    first, second = ids[:400].unique(), ids[400:].unique()
+    assert len(first) == 1 and len(second) == 1 and first != second
+    # without positions (the embedding alone) there is no telling them apart
+    assert len(clusters.assign(embeddings, classes).unique()) == 1
+    # the split survives a checkpoint
+    restored = _clusters()
+    restored.set_extra_state(clusters.get_extra_state())
+    assert torch.equal(restored.assign(embeddings, classes, positions), ids)
+
+
+def test_blobs_that_share_a_2d_segment_stay_one_object():
+    """A gap in space inside one view's segment is a depth error (a floater), not a second object."""
+    embeddings, positions, views, segments = _two_rooms()
+    views[400:] = views[:400]  # both blobs seen in the same views, under the same segment id
+    classes = torch.ones(len(embeddings), dtype=torch.long)
+    clusters = _clusters()
+    stats = clusters.fit(embeddings, classes, segments, views, positions=positions)
+    assert stats[1]["objects"] == 1
+    assert len(clusters.assign(embeddings, classes, positions).unique()) == 1

@@ -8,10 +8,16 @@ import torch
 from nerfstudio.cameras.rays import RayBundle
 from PIL import Image
 
-from contrastive_lift_ns.data.datamanager import _mark_instance_rays
+from contrastive_lift_ns.data.datamanager import (
+    MIN_SEGMENT_PIXELS,
+    ContrastiveLiftDataManagerConfig,
+    _mark_instance_rays,
+)
+from contrastive_lift_ns.data.dataparser import ContrastiveLiftDataParserConfig
 from contrastive_lift_ns.data.dataset import ContrastiveLiftDataset
 from contrastive_lift_ns.data.pixel_sampler import ContrastivePixelSamplerConfig
 from contrastive_lift_ns.data.scene_format import SceneFormatError
+from contrastive_lift_ns.generator.writer import MakeSceneConfig, make_scene
 from contrastive_lift_ns.keys import Batch, RayMetadata
 
 from .conftest import dataparser_outputs, edit_transforms
@@ -163,3 +169,34 @@ def test_sampler_rejects_odd_or_empty_instance_batches():
             ContrastivePixelSamplerConfig(rays_per_image=rays)
     with pytest.raises(ValueError, match="images-per-batch"):
         ContrastivePixelSamplerConfig(images_per_batch=0)
+
+
+def test_the_clustering_sample_holds_every_2d_segment_of_more_than_a_few_pixels(tmp_path):
+    """A uniform sample of pixels misses small objects seen in few views; the balanced share gives every
+    (view, segment) points, as many for a small segment as for a large one (up to its size)."""
+    scene = make_scene(
+        MakeSceneConfig(output_dir=tmp_path / "room", num_objects=40, num_views=12, resolution=64), progress=False
+    )
+    manager = ContrastiveLiftDataManagerConfig(data=scene, dataparser=ContrastiveLiftDataParserConfig()).setup(
+        device="cpu"
+    )
+    dataset = manager.train_dataset
+    sample = manager.training_pixels(4000, seed=0, segment_share=0.75)
+    assert len(sample.segments) == 4000 and torch.equal(manager.training_pixels(4000, 0, 0.75).indices, sample.indices)
+    per_view = {}
+    for view in range(len(dataset)):
+        ids, areas = dataset.segments_of(view).unique(return_counts=True)
+        per_view[view] = {int(i): int(a) for i, a in zip(ids, areas) if i != 0 and a >= MIN_SEGMENT_PIXELS}
+    views = sample.indices[:, 0]
+    for view, segments in per_view.items():
+        here = sample.segments[views == view]
+        found = dict(zip(*[t.tolist() for t in here.unique(return_counts=True)]))
+        for segment, area in segments.items():
+            assert found.get(segment, 0) >= min(area, 4), (view, segment, area)
+    # the sampled segment ids are the ones at the sampled pixels
+    view, y, x = sample.indices[0].tolist()
+    assert int(dataset.segments_of(view)[y, x]) == int(sample.segments[0])
+    # a uniform sample alone misses some of them
+    uniform = manager.training_pixels(4000, seed=0)
+    pairs = set(zip(uniform.indices[:, 0].tolist(), uniform.segments.tolist()))
+    assert any((v, s) not in pairs for v, segments in per_view.items() for s in segments)

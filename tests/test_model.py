@@ -200,18 +200,51 @@ def test_proposal_annealing_does_not_restart_when_the_instance_field_trains_alon
         assert model.proposal_sampler._anneal == (1.0 if alone else 0.0)
 
 
-def test_label_fields_resolve_the_objects_of_a_500_object_room(tmp_path):
-    """The median object spans at least 4 finest cells of each label field, wherever it stands (objects near
-    the room's edge are measured with the cells there)."""
-    scene = make_scene(
-        MakeSceneConfig(output_dir=tmp_path / "room", num_objects=500, num_views=64, resolution=128), progress=False
-    )
+@pytest.fixture(scope="module")
+def rooms(tmp_path_factory):
+    """Generated rooms of 25 and 500 objects (128 px), by object count."""
+    root = tmp_path_factory.mktemp("rooms")
+    return {
+        count: make_scene(
+            MakeSceneConfig(output_dir=root / str(count), num_objects=count, num_views=64, resolution=128),
+            progress=False,
+        )
+        for count in (25, 500)
+    }
+
+
+def _model_of(scene):
     outputs = ContrastiveLiftDataParserConfig(data=scene).setup().get_dataparser_outputs("train")
     config = trainer_config("test", "slow-fast", small=True).pipeline.model
     config.implementation = "torch"
     model = config.setup(
         scene_box=outputs.scene_box, num_train_data=len(outputs.image_filenames), metadata=outputs.metadata
     )
+    return model, outputs
+
+
+def test_the_scene_field_and_proposal_grids_grow_with_the_room(rooms):
+    """nerfstudio scales every room into one cube: a fixed grid's finest cell spans ~1.3 px in a 25-object room
+    and ~7 px in a 500-object one. Grown grids keep it about the same, with hash tables to match."""
+    built = {count: _model_of(scene) for count, scene in rooms.items()}
+    cell_pixels = {}
+    for count, (model, outputs) in built.items():
+        footprint = outputs.metadata["label_volume"].pixel_footprint
+        grids = [model.config.max_res] + [args["max_res"] for args in model.config.proposal_net_args_list]
+        cell_pixels[count] = [4.0 / res / footprint for res in grids]  # nerfacto's grids span [-2, 2]
+    for scene_field, small, large in zip(("field", "proposal 1", "proposal 2"), cell_pixels[25], cell_pixels[500]):
+        assert 0.67 < large / small < 1.5, (scene_field, cell_pixels)
+    small_model, large_model = built[25][0], built[500][0]
+    assert large_model.config.log2_hashmap_size >= small_model.config.log2_hashmap_size + 3
+    tables = [sum(p.numel() for p in m.field.mlp_base.parameters()) for m in (small_model, large_model)]
+    assert tables[1] >= 8 * tables[0]
+
+
+def test_label_fields_resolve_the_objects_of_a_500_object_room(rooms):
+    """The median object spans at least 4 finest cells of each label field, wherever it stands (objects near
+    the room's edge are measured with the cells there)."""
+    scene = rooms[500]
+    model, outputs = _model_of(scene)
     objects = json.loads((scene / "transforms.json").read_text())["scene_objects"]
     transform = outputs.dataparser_transform.double()
     centers = torch.tensor([o["center"] for o in objects], dtype=torch.float64)

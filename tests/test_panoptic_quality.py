@@ -267,3 +267,14 @@ def test_per_frame_pq_matches_torchmetrics_frame_by_frame(seed: int) -> None:
     ]
     assert [f.pq for f in ours.frames] == pytest.approx([float(t[0]) for t in theirs], abs=TM_TOL)
     assert ours.pq == pytest.approx(float(np.mean([float(t[0]) for t in theirs])), abs=TM_TOL)
+
+
+def test_matched_objects_count_objects_not_ids():
+    """Splitting every object in two adds ids but no matched object."""
+    gt_instances = np.repeat(np.arange(1, 6), 20).reshape(1, 10, 10)
+    semantics = np.ones_like(gt_instances)
+    whole = panoptic_quality(semantics, gt_instances, semantics, gt_instances, thing_classes=[1])
+    halves = gt_instances * 2 - (np.arange(100).reshape(1, 10, 10) % 2)  # each object's pixels under two ids
+    split = panoptic_quality(semantics, halves, semantics, gt_instances, thing_classes=[1])
+    assert whole.num_matched_segments == 5
+    assert split.num_pred_segments == 10 and split.num_matched_segments == 0  # two halves: IoU 0.5 each

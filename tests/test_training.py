@@ -16,8 +16,8 @@ from nerfstudio.scripts.train import train_loop
 from nerfstudio.utils.eval_utils import eval_setup
 
 from contrastive_lift_ns.generator.writer import MakeSceneConfig, make_scene
-from contrastive_lift_ns.method_configs import contrastive_lift_small
-from contrastive_lift_ns.trainer import fit_label_schedules
+from contrastive_lift_ns.method_configs import contrastive_lift, contrastive_lift_small
+from contrastive_lift_ns.trainer import fit_schedules
 
 from .conftest import train_in_process
 
@@ -150,7 +150,7 @@ def test_the_label_learning_rates_decay_over_their_own_stage():
     to the final value at the run's last step (not over the whole run from step 0)."""
     config = copy.deepcopy(contrastive_lift_small.config)
     config.pipeline.model.instance_loss_start_step, config.max_num_iterations = 600, 1000
-    fit_label_schedules(config)
+    fit_schedules(config)
     group = config.optimizers["instance_field"]
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.Adam([parameter], lr=group["optimizer"].lr)
@@ -163,5 +163,34 @@ def test_the_label_learning_rates_decay_over_their_own_stage():
     assert rates[0] == rates[599] == group["optimizer"].lr
     assert rates[800] < rates[600] and rates[1000] == pytest.approx(group["scheduler"].lr_final)
     config.load_step = 999  # a resumed run trains max_num_iterations more steps: the decay ends there
-    fit_label_schedules(config)
+    fit_schedules(config)
     assert config.optimizers["instance_field"]["scheduler"].max_steps == 2000
+
+
+@pytest.mark.parametrize("method", [contrastive_lift_small, contrastive_lift])
+def test_every_schedule_ends_at_the_runs_last_step(method):
+    """nerfacto's decays over 200,000 steps would leave a short run near its initial rates."""
+    config = copy.deepcopy(method.config)
+    config.max_num_iterations = 3000
+    fit_schedules(config)
+    for group, settings in config.optimizers.items():
+        optimizer_config, scheduler_config = settings["optimizer"], settings["scheduler"]
+        parameter = torch.nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.Adam([parameter], lr=optimizer_config.lr)
+        scheduler = scheduler_config.setup().get_scheduler(optimizer, optimizer_config.lr)
+        for _ in range(2999):
+            optimizer.step()
+            scheduler.step()
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(scheduler_config.lr_final, rel=0.01), group
+
+
+def test_resuming_from_a_folder_of_only_cut_checkpoints_stops_with_one_line(tmp_path):
+    """Nothing to resume from: ns-train says so in one line, before it loads anything, without a traceback."""
+    checkpoints = tmp_path / "nerfstudio_models"
+    checkpoints.mkdir()
+    (checkpoints / "step-000000002.ckpt").write_bytes(b"PK\x03\x04 half a checkpoint")  # a copy cut short
+    run = _ns_train("contrastive-lift-small", "--data", str(tmp_path / "scene"), "--load-dir", str(checkpoints))
+    output = run.stdout + run.stderr
+    assert run.returncode == 1, output
+    assert "Traceback" not in output
+    assert "none of its 1 checkpoints is a complete file" in " ".join(output.split())

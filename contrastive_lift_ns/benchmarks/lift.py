@@ -11,8 +11,9 @@ instance loss is the only difference. ``linear-assignment-lift`` gets the author
 generates its own scenes. With several workers, scenes train in parallel processes; each step time is then
 that of one process on its share of the CPU.
 
-Every row reports PQ^scene (strict class filter), thing-class PQ^scene, per-frame PQ, mIoU, PSNR, the objects
-found against the objects visible in the test views, and the min_cluster_size the clustering chose.
+Every row reports PQ^scene (strict class filter), thing-class PQ^scene, per-frame PQ of the lift and of the 2D
+input, mIoU, PSNR, the matched objects (IoU > 0.5 in PQ^scene) beside the predicted ids and the objects visible
+in the test views, the min_cluster_size the clustering chose, and the instance stage's step time.
 ``--sweep-min-cluster-size`` re-clusters each trained slow-fast model with fixed sizes too.
 """
 
@@ -47,8 +48,8 @@ PROFILES: Dict[str, Dict[str, Any]] = {
     # A check of the protocol: 64 px does not resolve the objects beyond 25 of them.
     "quick": {"views": 32, "resolution": 64, "scene_steps": 800, "instance_steps": 800, "small": True},
     # The ordering on a 2-core CPU, about an hour per seed. A view shows 20-30 objects whatever the room's size,
-    # so the views grow with the objects (every object in about 15 training views) and the scene's training with
-    # the views.
+    # so the views grow with the objects (every object in about 15 training views), and the scene's training and
+    # the instance stage with the views (every object gets about as many image visits in a large room).
     "cpu": {
         "views": 64,
         "views_per_object": 0.8,
@@ -56,6 +57,7 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "scene_steps": 2000,
         "scene_steps_per_view": 8,
         "instance_steps": 800,
+        "instance_steps_per_view": 5,
         "cluster_pixels": 100_000,
         "small": True,
     },
@@ -67,6 +69,7 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "scene_steps": 20000,
         "scene_steps_per_view": 20,
         "instance_steps": 10000,
+        "instance_steps_per_view": 50,
         "cluster_pixels": 200_000,
         "small": False,
     },
@@ -83,6 +86,7 @@ _ROW_KEYS = (
     "segmenter_consistency",
     "miou",
     "psnr",
+    "num_objects_matched",
     "num_objects_pred",
     "num_objects_gt",
 )
@@ -100,6 +104,8 @@ class LiftBenchmark:
     """Numbers of objects, one scene each per seed."""
     seeds: Tuple[int, ...] = (0,)
     """Scene seeds; tables give the mean ± standard deviation over them."""
+    hard_objects: Tuple[int, ...] = ()
+    """Also these numbers of objects with ``cl-make-scene --preset hard`` (a worse simulated segmenter), each seed."""
     sweep_min_cluster_size: Tuple[int, ...] = ()
     """Also cluster the trained slow-fast models of the first seed with these fixed min_cluster_size values and
     score them."""
@@ -108,6 +114,8 @@ class LiftBenchmark:
     workers: int = 0
     """Scenes trained at once, each in its own process with an equal share of the CPU threads. 0: one per CPU
     core for the CPU profiles (a small model uses one core well), else 1 (one GPU)."""
+    threads: int = 0
+    """torch threads per worker; 0: the CPU's cores shared equally among the workers."""
 
     def main(self) -> Dict[str, Any]:
         return _run(self)
@@ -118,20 +126,27 @@ def _run(config: LiftBenchmark) -> Dict[str, Any]:
     # Largest scene first, beside the smaller ones: the workers finish at about the same time.
     counts = sorted(config.objects, reverse=True)
     counts = [counts[0], *sorted(counts[1:])]
-    jobs = [(count, seed) for seed in config.seeds for count in counts]
+    jobs = [(count, seed, "realistic") for seed in config.seeds for count in counts]
+    jobs += [(count, seed, "hard") for seed in config.seeds for count in sorted(config.hard_objects)]
     workers = config.workers or ((os.cpu_count() or 1) if profile["small"] else 1)
     workers = min(workers, len(jobs))
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = config.threads or max(1, (os.cpu_count() or 1) // workers)
     with atomic_output_dir(config.output_dir, overwrite=config.overwrite) as folder:
         first = config.seeds[0]
         sweep = config.sweep_min_cluster_size
-        args = [(count, seed, folder, profile, threads, sweep if seed == first else ()) for count, seed in jobs]
+        args = [
+            (count, seed, preset, folder, profile, threads, sweep if seed == first and preset == "realistic" else ())
+            for count, seed, preset in jobs
+        ]
         if workers == 1:
             per_scene = [_scene_rows(*job) for job in args]
         else:
             with multiprocessing.get_context("spawn").Pool(workers) as pool:
                 per_scene = pool.starmap(_scene_rows, args, chunksize=1)
-        rows = sorted((row for scene_rows in per_scene for row in scene_rows), key=lambda r: (r["seed"], r["objects"]))
+        rows = sorted(
+            (row for scene_rows in per_scene for row in scene_rows),
+            key=lambda r: (r["seed"], r["objects"], r["preset"]),
+        )
         summary = {
             "command": " ".join(sys.argv),
             "date": datetime.date.today().isoformat(),
@@ -148,11 +163,17 @@ def _run(config: LiftBenchmark) -> Dict[str, Any]:
 
 
 def _scene_rows(
-    count: int, seed: int, folder: Path, profile: Dict[str, Any], threads: int, sweep: Tuple[int, ...]
+    count: int,
+    seed: int,
+    preset: str,
+    folder: Path,
+    profile: Dict[str, Any],
+    threads: int,
+    sweep: Tuple[int, ...],
 ) -> List[Dict[str, Any]]:
     """One scene: generated, trained without instances, then each method's instance stage on it."""
     torch.set_num_threads(threads)
-    name = f"{count}-seed{seed}"
+    name = f"{count}-seed{seed}" + ("" if preset == "realistic" else f"-{preset}")
     views = max(profile["views"], round(profile.get("views_per_object", 0) * count))
     scene = make_scene(
         MakeSceneConfig(
@@ -161,22 +182,27 @@ def _scene_rows(
             num_views=views,
             resolution=profile["resolution"],
             seed=seed,
+            preset=preset,
         ),
         progress=False,
     )
     scene_steps = profile["scene_steps"] + profile.get("scene_steps_per_view", 0) * views
+    instance_steps = max(profile["instance_steps"], profile.get("instance_steps_per_view", 0) * views)
     checkpoint = _train_scene(scene, folder / "runs" / f"{name}-scene", scene_steps, profile)
     rows = []
     for method in METHODS:
-        config, step_seconds = _instance_stage(scene, checkpoint, method, folder / "runs" / f"{name}-{method}", profile)
+        output = folder / "runs" / f"{name}-{method}"
+        config, step_seconds = _instance_stage(scene, checkpoint, method, output, instance_steps, profile)
         pipeline = eval_setup(config.get_base_dir() / "config.yml", test_mode="test")[1]
         timing = {"step_ms": 1000 * step_seconds, "iterations_per_second": 1 / step_seconds}
-        rows.append(_row(pipeline, count, seed, method, {"views": views, "scene_steps": scene_steps, **timing}))
+        extra = {"views": views, "scene_steps": scene_steps, "instance_steps": instance_steps, **timing}
+        rows.append(_row(pipeline, count, seed, method, {"preset": preset, **extra}))
         print(json.dumps(rows[-1]), flush=True)
         if method == "contrastive-lift":
             for size in sweep:
                 pipeline.recluster(min_cluster_size=size)
-                rows.append(_row(pipeline, count, seed, method, {"swept": True, "min_cluster_size": size}))
+                swept = {"preset": preset, "swept": True, "min_cluster_size": size}
+                rows.append(_row(pipeline, count, seed, method, swept))
                 print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -218,14 +244,14 @@ def _train_scene(scene: Path, output: Path, steps: int, profile: Dict[str, Any])
     return train_timed(config, steps).checkpoint
 
 
-def _instance_stage(scene: Path, checkpoint: Path, method: str, output: Path, profile: Dict[str, Any]):
+def _instance_stage(scene: Path, checkpoint: Path, method: str, output: Path, steps: int, profile: Dict[str, Any]):
     """Trains one method's instance field alone from the scene checkpoint; returns its config and step time."""
     config = quiet(_base(method, profile), output)
     config.pipeline.datamanager.data = scene
     model = config.pipeline.model
     model.instance_field_only, model.pretrained_checkpoint = True, checkpoint
     model.semantic_loss_start_step = model.instance_loss_start_step = 0
-    return config, train_timed(config, profile["instance_steps"]).mean_step
+    return config, train_timed(config, steps).mean_step
 
 
 def _mean_std(values: List[float], scale: float = 1.0, digits: int = 1) -> str:
@@ -235,21 +261,34 @@ def _mean_std(values: List[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+_MATCHED, _IDS = "num_objects_matched", "num_objects_pred"
+
+
+def _column(row: Dict[str, Any]) -> Tuple[int, str]:
+    return row["objects"], row.get("preset", "realistic")
+
+
 def markdown(summary: Dict[str, Any]) -> str:
-    """The results as Markdown tables: means ± standard deviations over the seeds."""
+    """The results as Markdown tables: means ± standard deviations over the seeds, one column per number of
+    objects (and segmenter preset)."""
     rows = [r for r in summary["rows"] if not r.get("swept")]
-    counts = sorted({r["objects"] for r in rows})
+    columns = sorted({_column(r) for r in rows}, key=lambda c: (c[1] != "realistic", c))
     seeds = sorted({r["seed"] for r in rows})
 
-    def cell(method: str, count: int, key: str, scale: float = 100.0, digits: int = 1) -> str:
-        values = [r[key] for r in rows if r["method"] == method and r["objects"] == count and r[key] is not None]
+    def cell(method: str, column: Tuple[int, str], key: str, scale: float = 100.0, digits: int = 1) -> str:
+        values = [r[key] for r in rows if r["method"] == method and _column(r) == column and r.get(key) is not None]
         return _mean_std(values, scale, digits) if values else "-"
 
-    header = "| method | " + " | ".join(f"{n} objects" for n in counts) + " |"
-    rule = "|---|" + "---|" * len(counts)
+    def label(column: Tuple[int, str]) -> str:
+        return f"{column[0]} objects" + ("" if column[1] == "realistic" else f" ({column[1]})")
+
+    header = "| method | " + " | ".join(label(c) for c in columns) + " |"
+    rule = "|---|" + "---|" * len(columns)
+    per_seed = {label(c): sorted({r["seed"] for r in rows if _column(r) == c}) for c in columns}
     lines = [
         f"Machine: {summary['machine']}; date: {summary['date']}; profile: {summary['profile']}",
-        f"Command: `{summary['command']}`; seeds: {seeds} (mean ± standard deviation over them)",
+        f"Command: `{summary['command']}`; seeds: {seeds} (mean ± standard deviation over them); seeds per column: "
+        + ", ".join(f"{name}: {found}" for name, found in per_seed.items()),
         "",
         "PQ^scene ×100 (strict class filter; paper's Table 2, Old Room, in brackets):",
         "",
@@ -258,53 +297,53 @@ def markdown(summary: Dict[str, Any]) -> str:
     ]
     for method in METHODS:
         cells = []
-        for n in counts:
-            paper = PAPER_TABLE_2[method].get(n)
-            cells.append(cell(method, n, "pq_scene") + (f" ({paper})" if paper else ""))
+        for c in columns:
+            paper = PAPER_TABLE_2[method].get(c[0]) if c[1] == "realistic" else None
+            cells.append(cell(method, c, "pq_scene") + (f" ({paper})" if paper else ""))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    segmenter = " | ".join(cell("contrastive-lift", n, "segmenter_pq_scene") for n in counts)
+    segmenter = " | ".join(cell("contrastive-lift", c, "segmenter_pq_scene") for c in columns)
     lines.append(f"| 2D segmenter | {segmenter} |")
     tables = (
         ("Thing-class PQ^scene ×100:", "pq_scene_things", 100.0, 1),
         ("Per-frame PQ ×100 (2D segmenter in the last row):", "pq_frame", 100.0, 1),
         ("mIoU ×100:", "miou", 100.0, 1),
         ("PSNR (dB):", "psnr", 1.0, 1),
-        ("Objects found (visible in the test views in the last row):", "num_objects_pred", 1.0, 1),
+        ("Matched objects (IoU > 0.5 in PQ^scene; visible in the test views in the last row):", _MATCHED, 1.0, 1),
+        ("Predicted ids (distinct object ids in the test views; splits and stray ids count):", _IDS, 1.0, 1),
         ("min_cluster_size chosen:", "min_cluster_size", 1.0, 0),
         ("Instance-stage training speed, ms/step (paper's Table 6 in its caption):", "step_ms", 1.0, 0),
     )
     for title, key, scale, digits in tables:
         lines += ["", title, "", header, rule]
         for method in METHODS:
-            lines.append(f"| {method} | " + " | ".join(cell(method, n, key, scale, digits) for n in counts) + " |")
+            lines.append(f"| {method} | " + " | ".join(cell(method, c, key, scale, digits) for c in columns) + " |")
         if key == "pq_frame":
+            segmenter = " | ".join(cell("contrastive-lift", c, "segmenter_pq_frame") for c in columns)
+            lines.append(f"| 2D segmenter | {segmenter} |")
+        if key == _MATCHED:
             lines.append(
-                "| 2D segmenter | "
-                + " | ".join(cell("contrastive-lift", n, "segmenter_pq_frame") for n in counts)
-                + " |"
-            )
-        if key == "num_objects_pred":
-            lines.append(
-                "| visible | " + " | ".join(cell("contrastive-lift", n, "num_objects_gt", 1.0) for n in counts) + " |"
+                "| visible | " + " | ".join(cell("contrastive-lift", c, "num_objects_gt", 1.0) for c in columns) + " |"
             )
     swept = [r for r in summary["rows"] if r.get("swept")]
     if swept:
         sizes = sorted({r["min_cluster_size"] for r in swept})
-        lines += ["", "contrastive-lift re-clustered with fixed min_cluster_size: PQ^scene ×100 (objects found):", ""]
-        lines += ["| min_cluster_size | " + " | ".join(f"{n} objects" for n in counts) + " |", rule]
+        lines += ["", "contrastive-lift re-clustered with fixed min_cluster_size: PQ^scene ×100 (matched / ids):", ""]
+        lines += [header.replace("| method |", "| min_cluster_size |"), rule]
         for size in ["auto", *sizes]:
             cells = []
-            for n in counts:
+            for c in columns:
                 pick = [
                     r
                     for r in (rows if size == "auto" else swept)
                     if r["method"] == "contrastive-lift"
-                    and r["objects"] == n
+                    and _column(r) == c
                     and (size == "auto" or r["min_cluster_size"] == size)
                 ]
                 if pick:
                     pq = _mean_std([r["pq_scene"] for r in pick], 100.0)
-                    cells.append(f"{pq} ({_mean_std([r['num_objects_pred'] for r in pick])})")
+                    found = [r[_MATCHED] for r in pick if _MATCHED in r]  # rows from before the count have none
+                    matched = _mean_std(found) if found else "-"
+                    cells.append(f"{pq} ({matched} / {_mean_std([r[_IDS] for r in pick])})")
                 else:
                     cells.append("-")
             lines.append(f"| {size} | " + " | ".join(cells) + " |")
@@ -317,7 +356,7 @@ def _plots(rows: List[Dict[str, Any]], folder: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if not r.get("swept")]
+    rows = [r for r in rows if not r.get("swept") and r.get("preset", "realistic") == "realistic"]
     for key, label, name in (("pq_scene", "PQ^scene", "pq_scene.png"), ("iterations_per_second", "it/s", "speed.png")):
         figure, axes = plt.subplots(figsize=(5, 3.5))
         for method in METHODS:

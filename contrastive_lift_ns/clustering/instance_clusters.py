@@ -15,7 +15,11 @@ Procedure (paper §3 "Rendering instance segmentation maps", Appendix B.3):
    two large ones (a pair-counting score is dominated by the largest segments and let merges through).
    Objects never seen together are not told apart by that score, nor by the loss.
 4. Each cluster's centroid is the mean of its members weighted by HDBSCAN's membership strength.
-5. Any pixel of any view gets the id of the nearest centroid of its own predicted class; stuff gets id 0.
+5. With the pixels' 3D points (their rendered depth), a cluster that lies in separate blobs in space is split
+   into one object per blob (``spatial_split.py``): objects never seen in one view are not told apart by the
+   size choice nor by the loss, and may share an embedding.
+6. Any pixel of any view gets the id of the nearest centroid of its own predicted class; stuff gets id 0. When
+   that centroid's cluster was split, the pixel's 3D point picks the part (the nearest of the parts' anchors).
 
 One space for both steps: centroids are computed and pixels assigned in the raw embedding space, the space
 whose distances the contrastive loss shaped. (The paper min-max rescales the embeddings for clustering; the
@@ -34,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Optional, Sequence, Type
+from typing import Any, Dict, List, Optional, Sequence, Type
 
 import hdbscan
 import numpy as np
@@ -45,10 +49,12 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 from torch import Tensor, nn
 
+from contrastive_lift_ns.clustering.spatial_split import anchors, spatial_parts
 from contrastive_lift_ns.evaluation.panoptic_quality import panoptic_quality
 from contrastive_lift_ns.validation import require
 
 _SIZE_FRACTIONS = tuple(0.0005 * 2**k for k in range(9))  # 0.05 % … 12.8 %
+_ASSIGN_CHUNK = 4096
 
 
 @dataclass
@@ -59,6 +65,10 @@ class ClusteringConfig(InstantiateConfig):
     """Target class to instantiate."""
     num_pixels: int = 50_000
     """Pixels sampled from training views and rendered for each clustering (the same pixels every time)."""
+    segment_share: float = 0.75
+    """Share of those pixels spread evenly over the training views' 2D segments (the same number for each segment
+    of each view), so that a small object seen in few views gets as many points per view as a large one; the
+    rest are uniform over the pixels."""
     min_cluster_size: Optional[int] = None
     """HDBSCAN's smallest object, in sampled pixels. None chooses it per class among fractions of the class's
     sampled pixels (0.05 % to 12.8 %): the size whose clusters best reproduce the 2D segments within each
@@ -70,6 +80,7 @@ class ClusteringConfig(InstantiateConfig):
 
     def __post_init__(self) -> None:
         require(self, "num_pixels", self.num_pixels >= 100, "must be at least 100")
+        require(self, "segment_share", 0.0 <= self.segment_share <= 1.0, "must lie in [0, 1]")
         require(
             self, "min_cluster_size", self.min_cluster_size is None or self.min_cluster_size >= 2, "must be at least 2"
         )
@@ -78,7 +89,11 @@ class ClusteringConfig(InstantiateConfig):
 
 
 class InstanceClusters(nn.Module):
-    """The cached centroids, saved in checkpoints through ``get_extra_state``; their number varies."""
+    """The cached objects, saved in checkpoints through ``get_extra_state``; their number varies.
+
+    One row per object: its embedding centroid, class, id, cluster (``groups``: the parts of a split cluster
+    share a group and a centroid) and 3D position; plus the anchors (3D points) of the parts of split clusters.
+    """
 
     def __init__(self, config: ClusteringConfig, thing_classes: Sequence[int]) -> None:
         super().__init__()
@@ -87,6 +102,10 @@ class InstanceClusters(nn.Module):
         self.centroids = torch.empty(0, 0)
         self.classes = torch.empty(0, dtype=torch.long)
         self.ids = torch.empty(0, dtype=torch.long)
+        self.groups = torch.empty(0, dtype=torch.long)
+        self.positions = torch.empty(0, 3)
+        self.anchors = torch.empty(0, 3)
+        self.anchor_objects = torch.empty(0, dtype=torch.long)
         self.min_cluster_sizes: Dict[int, int] = {}
         """The min_cluster_size each thing class was clustered with last (chosen or given)."""
 
@@ -102,11 +121,13 @@ class InstanceClusters(nn.Module):
         segments: Optional[Int[Tensor, "M"]] = None,  # noqa: F821
         views: Optional[Int[Tensor, "M"]] = None,  # noqa: F821
         min_cluster_size: Optional[int] = None,
+        positions: Optional[Float[Tensor, "M 3"]] = None,
     ) -> Dict[str, Any]:
-        """Replaces the centroids with those of a new clustering; returns per-class statistics.
+        """Replaces the objects with those of a new clustering; returns per-class statistics.
 
         ``min_cluster_size`` overrides the configured size for this clustering. ``segments`` and ``views`` (each
-        pixel's 2D segment id and training view) choose the size when neither sets it.
+        pixel's 2D segment id and training view) choose the size when neither sets it. ``positions`` (each
+        pixel's 3D point, NaN where it sees no surface) split clusters that lie apart in space.
         """
         min_cluster_size = min_cluster_size or self.config.min_cluster_size
         if min_cluster_size is None and (segments is None or views is None):
@@ -114,7 +135,9 @@ class InstanceClusters(nn.Module):
         embeddings_np = embeddings.detach().cpu().double().numpy()
         classes_np = classes.detach().cpu().numpy()
         labels = None if segments is None else np.stack([views.cpu().numpy(), segments.cpu().numpy()], -1)
-        centroids, centroid_classes, stats = [], [], {}
+        positions_np = None if positions is None else positions.detach().cpu().double().numpy()
+        objects: List[Dict[str, Any]] = []
+        stats = {}
         for thing in self.thing_classes:
             chosen = classes_np == thing
             points = embeddings_np[chosen]
@@ -127,18 +150,44 @@ class InstanceClusters(nn.Module):
             size, found, score = _cluster(points, pixel_labels, min_cluster_size)
             if found is None:
                 continue
-            centroids.append(found)
-            centroid_classes += [thing] * len(found)
-            stats[thing] = {"points": len(points), "min_cluster_size": size, "clusters": len(found), "score": score}
-        dim = embeddings.shape[-1]
-        new = torch.from_numpy(np.concatenate(centroids) if centroids else np.zeros((0, dim))).float()
-        new_classes = torch.tensor(centroid_classes, dtype=torch.long)
-        self._set(new, new_classes, self._stable_ids(new, new_classes))
+            where = None if positions_np is None else positions_np[chosen][inlier]
+            parts = _objects(points, found, where, pixel_labels, size, thing, first_group=len(objects))
+            objects += parts
+            stats[thing] = {
+                "points": len(points),
+                "min_cluster_size": size,
+                "clusters": len(found),
+                "objects": len(parts),
+                "score": score,
+            }
+        self._set_objects(objects, embeddings.shape[-1])
         self.min_cluster_sizes = {thing: stat["min_cluster_size"] for thing, stat in stats.items()}
         return stats
 
-    def _stable_ids(self, centroids: Tensor, classes: Tensor) -> Tensor:
-        """Reuse the id of the previous centroid each new one is matched to; fresh ids for the rest."""
+    def _set_objects(self, objects: List[Dict[str, Any]], dim: int) -> None:
+        def column(key: str, dtype, width: Optional[int] = None) -> Tensor:
+            if not objects:
+                return torch.zeros((0,) if width is None else (0, width), dtype=dtype)
+            return torch.as_tensor(np.stack([o[key] for o in objects]), dtype=dtype)
+
+        centroids, classes = column("centroid", torch.float32, dim), column("class", torch.long)
+        positions = column("position", torch.float32, 3)
+        ids = self._stable_ids(centroids, classes, positions)
+        split = [(index, o) for index, o in enumerate(objects) if o["anchors"] is not None]
+        anchor_objects = [torch.full((len(o["anchors"]),), index) for index, o in split]
+        self._set(
+            centroids,
+            classes,
+            ids,
+            column("group", torch.long),
+            positions,
+            torch.as_tensor(np.concatenate([o["anchors"] for _, o in split]) if split else np.zeros((0, 3))).float(),
+            torch.cat(anchor_objects) if split else torch.zeros(0, dtype=torch.long),
+        )
+
+    def _stable_ids(self, centroids: Tensor, classes: Tensor, positions: Tensor) -> Tensor:
+        """Reuse the id of the previous object each new one is matched to (by embedding, and by 3D position
+        where both have one, which tells the parts of a split cluster apart); fresh ids for the rest."""
         ids = torch.zeros(len(centroids), dtype=torch.long)
         if self.fitted and self.centroids.shape[-1] == centroids.shape[-1]:
             old_centroids, old_classes, old_ids = self.centroids.cpu(), self.classes.cpu(), self.ids.cpu()
@@ -146,7 +195,9 @@ class InstanceClusters(nn.Module):
                 new_idx = torch.nonzero(classes == thing)[:, 0]
                 old_idx = torch.nonzero(old_classes == thing)[:, 0]
                 if len(old_idx):
-                    cost = torch.cdist(centroids[new_idx], old_centroids[old_idx]).numpy()
+                    cost = torch.cdist(centroids[new_idx], old_centroids[old_idx])
+                    located = torch.cdist(positions[new_idx], self.positions.cpu()[old_idx])
+                    cost = (cost + torch.nan_to_num(located, nan=0.0)).numpy()
                     rows, cols = linear_sum_assignment(cost)
                     ids[new_idx[rows]] = old_ids[old_idx[cols]]
         fresh = torch.nonzero(ids == 0)[:, 0]
@@ -154,36 +205,99 @@ class InstanceClusters(nn.Module):
         ids[fresh] = torch.arange(start, start + len(fresh))
         return ids
 
-    def _set(self, centroids: Tensor, classes: Tensor, ids: Tensor) -> None:
-        device = self.centroids.device
-        self.centroids, self.classes, self.ids = centroids.to(device), classes.to(device), ids.to(device)
+    _STATE = ("centroids", "classes", "ids", "groups", "positions", "anchors", "anchor_objects")
 
-    def assign(self, embeddings: Float[Tensor, "*batch D"], classes: Int[Tensor, "*batch"]) -> Int[Tensor, "*batch"]:
-        """The id of each pixel's nearest centroid of its own class; 0 for stuff and unclustered classes."""
+    def _set(self, *values: Tensor) -> None:
+        device = self.centroids.device
+        for name, value in zip(self._STATE, values):
+            setattr(self, name, value.to(device))
+
+    def assign(
+        self,
+        embeddings: Float[Tensor, "*batch D"],
+        classes: Int[Tensor, "*batch"],
+        positions: Optional[Float[Tensor, "*batch 3"]] = None,
+    ) -> Int[Tensor, "*batch"]:
+        """The id of each pixel's nearest centroid of its own class (0 for stuff and unclustered classes); where
+        that cluster was split in space, the part whose anchors are nearest the pixel's 3D point."""
         if len(self.ids) == 0:
             return torch.zeros_like(classes)
         distance = torch.cdist(embeddings.reshape(-1, embeddings.shape[-1]).float(), self.centroids)
         wrong_class = classes.reshape(-1, 1) != self.classes[None, :]
         nearest = distance.masked_fill(wrong_class, math.inf).argmin(-1)
+        if positions is not None and len(self.anchors):
+            nearest = self._nearest_part(nearest, positions.reshape(-1, 3).float())
         has_centroid = ~wrong_class.all(-1)
         ids = torch.where(has_centroid, self.ids[nearest], torch.zeros_like(nearest))
         return ids.reshape(classes.shape)
 
+    def _nearest_part(self, nearest: Tensor, positions: Tensor) -> Tensor:
+        """Moves each pixel whose object is part of a split cluster to the part with the nearest anchor."""
+        anchor_groups = self.groups[self.anchor_objects]
+        split = torch.isin(self.groups[nearest], anchor_groups) & torch.isfinite(positions).all(-1)
+        chosen = nearest.clone()
+        rows = torch.nonzero(split)[:, 0]
+        for start in range(0, len(rows), _ASSIGN_CHUNK):
+            chunk = rows[start : start + _ASSIGN_CHUNK]
+            distance = torch.cdist(positions[chunk], self.anchors)
+            other_group = self.groups[nearest[chunk]][:, None] != anchor_groups[None, :]
+            chosen[chunk] = self.anchor_objects[distance.masked_fill(other_group, math.inf).argmin(-1)]
+        return chosen
+
     def _apply(self, fn, recurse=True):  # keep the cache on the module's device through .to()/.cuda()
-        self.centroids, self.classes, self.ids = fn(self.centroids), fn(self.classes), fn(self.ids)
+        for name in self._STATE:
+            setattr(self, name, fn(getattr(self, name)))
         return super()._apply(fn, recurse)
 
     def get_extra_state(self) -> Dict[str, Any]:
-        return {
-            "centroids": self.centroids.cpu(),
-            "classes": self.classes.cpu(),
-            "ids": self.ids.cpu(),
-            "min_cluster_sizes": dict(self.min_cluster_sizes),
-        }
+        state = {name: getattr(self, name).cpu() for name in self._STATE}
+        return {**state, "min_cluster_sizes": dict(self.min_cluster_sizes)}
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
-        self._set(state["centroids"], state["classes"], state["ids"])
+        count = len(state["ids"])
+        defaults = {  # checkpoints from before the spatial split: one object per cluster
+            "groups": torch.arange(count),
+            "positions": torch.full((count, 3), math.nan),
+            "anchors": torch.zeros(0, 3),
+            "anchor_objects": torch.zeros(0, dtype=torch.long),
+        }
+        self._set(*(state[name] if name in state else defaults[name] for name in self._STATE))
         self.min_cluster_sizes = dict(state.get("min_cluster_sizes", {}))
+
+
+def _objects(
+    points: np.ndarray,
+    centroids: np.ndarray,
+    positions: Optional[np.ndarray],
+    labels: Optional[np.ndarray],
+    min_points: int,
+    thing: int,
+    first_group: int,
+) -> List[Dict[str, Any]]:
+    """One class's objects: each cluster, split into its parts in space when the points have positions."""
+    member = cKDTree(centroids).query(points)[1] if len(centroids) else np.zeros(0, dtype=np.int64)
+    objects = []
+    for cluster, centroid in enumerate(centroids):
+        group = first_group + cluster
+        here = np.flatnonzero(member == cluster)
+        if positions is None:
+            nowhere = np.full(3, np.nan)
+            objects.append({"centroid": centroid, "class": thing, "group": group, "position": nowhere, "anchors": None})
+            continue
+        where = positions[here]
+        parts = spatial_parts(where, None if labels is None else labels[here], min_points)
+        for part in parts:
+            finite = where[part][np.isfinite(where[part]).all(-1)]
+            objects.append(
+                {
+                    "centroid": centroid,
+                    "class": thing,
+                    "group": group,
+                    "position": finite.mean(0) if len(finite) else np.full(3, np.nan),
+                    "anchors": anchors(where, part) if len(parts) > 1 else None,
+                }
+            )
+    return objects
 
 
 def _cluster(points: np.ndarray, labels: Optional[np.ndarray], min_cluster_size: Optional[int]):

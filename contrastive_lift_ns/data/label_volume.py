@@ -45,6 +45,11 @@ class LabelVolume:
     pixel_footprint: float
     """World size of one pixel at the distance the cameras look at (median over the cameras)."""
 
+    def cells(self, length: float, cell_pixels: float) -> float:
+        """How many cells ``cell_pixels`` pixels wide (at the distance the cameras look at) span ``length`` world
+        units: the one rule by which every grid's resolution follows the scene."""
+        return length / (cell_pixels * self.pixel_footprint)
+
 
 def label_volume(cameras: Cameras, scene_box: SceneBox) -> LabelVolume:
     """The volume the ``cameras`` look at; see the module docstring."""

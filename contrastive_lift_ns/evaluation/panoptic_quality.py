@@ -96,6 +96,8 @@ class PanopticResult:
     """Number of predicted thing segments (distinct (class, id) pairs of labelled thing pixels)."""
     num_gt_segments: int = 0
     """Number of GT thing segments."""
+    num_matched_segments: int = 0
+    """Number of GT thing segments matched by a predicted segment (IoU > 0.5; in scored and unscored classes)."""
 
 
 @dataclass
@@ -239,6 +241,7 @@ def panoptic_quality(
         dropped_classes=[int(c) for c in classes[~scored]],
         num_pred_segments=int(np.isin(pred_seg_cls, things).sum()),
         num_gt_segments=int(np.isin(gt_seg_cls, things).sum()),
+        num_matched_segments=int(np.isin(gt_seg_cls[match_gt], things).sum()),
     )
 
 

@@ -149,6 +149,8 @@ def _scene_metrics(prediction: _Maps, ground_truth: _Maps, segmenter: _Maps, cla
         "segmenter_pq_frame": segmenter_frame.pq,
         "segmenter_pq_scene": segmenter_scene.pq,
         "num_objects_gt": _count_objects(ground_truth, classes),
+        # Objects, not ids: a split or a stray id adds predicted ids but no match.
+        "num_objects_matched": scene.num_matched_segments,
     }
     thing_pq = [q.pq for c, q in scene.per_class.items() if c in classes.thing_ids]
     metrics["pq_scene_things"] = float(np.mean(thing_pq)) if thing_pq else float("nan")

@@ -24,7 +24,7 @@ from scipy.spatial import cKDTree
 from torch import Tensor
 
 from contrastive_lift_ns.keys import Output
-from contrastive_lift_ns.model import ContrastiveLiftModel
+from contrastive_lift_ns.model import ContrastiveLiftModel, surface_points
 
 _MIN_ACCUMULATION = 0.5  # below it a ray mostly sees empty space and its depth is a guess
 _OUTLIER_NEIGHBOURS = 20
@@ -74,7 +74,9 @@ def sample_points(
         if on_chunk is not None:
             on_chunk(len(chunks[-1]["depth"]))
     rendered = {key: torch.cat([c[key] for c in chunks]) for key in chunks[0]}
-    labels = model.label_images(rendered[Output.SEMANTIC_LOGITS], rendered[model.instance_output])
+    labels = model.label_images(
+        rendered[Output.SEMANTIC_LOGITS], rendered[model.instance_output], surface_points(rays, rendered)
+    )
     xyz = rays.origins + rays.directions * rendered["depth"]
     keep = rendered["accumulation"][:, 0] >= _MIN_ACCUMULATION
     if crop:

@@ -69,7 +69,7 @@ class LabelFieldConfig(InstantiateConfig):
         """The finest grid resolution this field gets for ``volume``."""
         if self.max_res is not None:
             return self.max_res
-        cells = 2.0 * max(volume.half_extent) * (1.0 + SHELL) / (self.cell_pixels * volume.pixel_footprint)
+        cells = volume.cells(2.0 * max(volume.half_extent) * (1.0 + SHELL), self.cell_pixels)
         return int(min(max(math.ceil(cells), 2 * self.base_res), self.max_res_limit))
 
 

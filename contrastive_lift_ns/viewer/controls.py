@@ -10,6 +10,7 @@ from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerClick, ViewerC
 from torch import nn
 
 from contrastive_lift_ns.keys import Output
+from contrastive_lift_ns.model import surface_points
 
 if TYPE_CHECKING:
     from contrastive_lift_ns.model import ContrastiveLiftModel
@@ -73,5 +74,7 @@ def object_at(model: "ContrastiveLiftModel", click: ViewerClick) -> int:
         camera_indices=torch.zeros(1, 1, dtype=torch.long, device=device),
     )
     outputs = model.render_rays(ray)
-    images = model.label_images(outputs[Output.SEMANTIC_LOGITS], outputs[model.instance_output])
+    images = model.label_images(
+        outputs[Output.SEMANTIC_LOGITS], outputs[model.instance_output], surface_points(ray, outputs)
+    )
     return int(images[Output.INSTANCE_ID].item()) if Output.INSTANCE_ID in images else 0

@@ -30,6 +30,7 @@ from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 from rich.markup import escape
 
+from contrastive_lift_ns import workarounds
 from contrastive_lift_ns.private_apis import start_step
 
 
@@ -45,6 +46,10 @@ class ContrastiveLiftTrainer(Trainer):
     """Writes checkpoints atomically and resumes from the newest complete one."""
 
     config: ContrastiveLiftTrainerConfig
+
+    def __init__(self, config: TrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
+        workarounds.activate()  # before nerfstudio builds its GradScaler, which warns on a CPU
+        super().__init__(config, local_rank, world_size)
 
     def setup(self, test_mode="val") -> None:
         if self.config.load_dir is not None and self.config.load_step is None:

@@ -165,3 +165,27 @@ def test_a_scene_without_any_segment_warns(flat_scene, capsys):
     out = sampler.sample(batch)
     assert out[Batch.INSTANCE_SEGMENTS].numel() == 0 and len(out["indices"]) == 32
     assert "No training image has a 2D segment" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(
+    "edit, fragments",
+    [
+        (lambda m: m["frames"][2]["transform_matrix"][0].__setitem__(3, float("nan")), ("images/2.png", "nan", "row 0")),
+        (lambda m: m["frames"][1]["transform_matrix"][1].__setitem__(1, float("inf")), ("images/1.png", "inf")),
+        (lambda m: m["frames"][3].__setitem__("fl_x", float("nan")), ("images/3.png", "'fl_x' is nan")),
+        (lambda m: m.__setitem__("fl_y", -3.0), ("'fl_y' is -3.0", "positive")),
+        (lambda m: m["frames"][0].pop("transform_matrix"), ("images/0.png", "no 'transform_matrix'")),
+        (lambda m: m.__setitem__("frames", m["frames"][:1]), ("single camera", "images/0.png")),
+        (
+            lambda m: [f["transform_matrix"][r].__setitem__(3, 1.0) for f in m["frames"] for r in range(3)],
+            ("all 4 cameras stand at one point",),
+        ),
+    ],
+)
+def test_bad_poses_are_named_before_nerfstudio_normalises_them(flat_scene, edit, fragments):
+    """nerfstudio would spread a NaN pose to every camera, or divide by the spread of one camera."""
+    edit_transforms(flat_scene, edit)
+    with pytest.raises(SceneFormatError) as error:
+        dataparser_outputs(flat_scene)
+    message = str(error.value)
+    assert "transforms.json" in message and all(fragment in message for fragment in fragments), message

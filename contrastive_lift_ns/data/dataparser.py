@@ -2,7 +2,9 @@
 
 Cameras, splits and downscaling are nerfstudio's own (``NerfstudioDataParserConfig``); this parser adds the
 file lists of the label maps to the outputs' metadata and checks every map's header up front, so a bad file
-fails before training starts, with an error that names the frame and the file.
+fails before training starts, with an error that names the frame and the file. The label volume is fitted to
+the capture's sparse points (``ply_file_path``, as ``ns-process-data`` writes it) if it has them, else to its
+depth maps (``depth_file_path``), else to the cameras alone (``data/label_volume.py``).
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from typing import Any, Dict, List, Optional, Tuple, Type
 
 import numpy as np
 from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
+from nerfstudio.data.utils.data_utils import get_depth_image_from_path
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio, NerfstudioDataParserConfig
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from PIL import Image
+from plyfile import PlyData
 
 from contrastive_lift_ns.data import scene_format as sf
 from contrastive_lift_ns.data.dataset import label_metadata, split_label_keys
+from contrastive_lift_ns.data.label_volume import depth_points, label_volume
 from contrastive_lift_ns.private_apis import image_path
 
 
@@ -55,6 +60,9 @@ class ContrastiveLiftDataParser(Nerfstudio):
         names = [f["file_path"] for f in frames]
         to_poses = nerfstudio_to_poses(outputs, meta, root)
         outputs.metadata.update(label_metadata(classes, files, outputs.cameras, outputs.scene_box, names, to_poses))
+        content = capture_content(outputs, meta, transforms_path, to_poses)
+        if content is not None:  # label_metadata fits the box to the cameras alone
+            outputs.metadata["label_volume"] = label_volume(outputs.cameras, outputs.scene_box, content)
         return outputs
 
 
@@ -103,6 +111,46 @@ def _frame_files(frames: List[Dict], root: Path, key: str, meta: Dict, factor: i
         sf.check_label_size(size, image, factor, path, frame["file_path"], key)
         paths.append(path)
     return paths
+
+
+_DEPTH_VIEWS = 64
+_DEPTH_POINTS_PER_VIEW = 4096
+
+
+def capture_content(
+    outputs: DataparserOutputs, meta: Dict[str, Any], transforms_path: Path, to_poses: np.ndarray
+) -> Optional[np.ndarray]:
+    """Points on the capture's surfaces in nerfstudio's normalised coordinates: its sparse points (nerfstudio's
+    ``points3D_xyz`` if it loaded them, else the ``ply_file_path`` file, in the coordinates of the poses), else
+    its depth maps back-projected (up to ``_DEPTH_VIEWS`` views); None without either."""
+    if "points3D_xyz" in outputs.metadata:
+        return outputs.metadata["points3D_xyz"].double().cpu().numpy()
+    if "ply_file_path" in meta:
+        path = transforms_path.parent / meta["ply_file_path"]
+        try:
+            vertex = PlyData.read(str(path))["vertex"]
+            points = np.stack([np.asarray(vertex[axis], dtype=np.float64) for axis in "xyz"], -1)
+        except FileNotFoundError:
+            raise sf.SceneFormatError(f"{transforms_path}: 'ply_file_path' {path}: file not found") from None
+        except Exception as err:  # plyfile raises many types for broken files
+            raise sf.SceneFormatError(
+                f"{transforms_path}: 'ply_file_path' {path}: unreadable point cloud ({err})"
+            ) from None
+        return (np.concatenate([points, np.ones_like(points[:, :1])], -1) @ np.linalg.inv(to_poses).T)[:, :3]
+    depth_files = outputs.metadata.get("depth_filenames")
+    if not depth_files:
+        return None
+    cameras = outputs.cameras
+    scale = float(outputs.metadata["depth_unit_scale_factor"]) * float(outputs.dataparser_scale)
+    points = []
+    for index in np.unique(np.linspace(0, len(depth_files) - 1, _DEPTH_VIEWS).round().astype(int)):
+        height, width = int(cameras.height[index]), int(cameras.width[index])
+        if not Path(depth_files[index]).is_file():
+            raise sf.SceneFormatError(f"{depth_files[index]}: depth map (depth_file_path) not found")
+        depth = get_depth_image_from_path(Path(depth_files[index]), height, width, scale)[..., 0].numpy()
+        stride = max(1, int(np.sqrt(height * width / _DEPTH_POINTS_PER_VIEW)))
+        points.append(depth_points(cameras, int(index), depth, stride))
+    return np.concatenate(points)
 
 
 def nerfstudio_to_poses(outputs: DataparserOutputs, meta: Dict[str, Any], root: Path) -> np.ndarray:

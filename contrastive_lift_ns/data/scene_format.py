@@ -234,7 +234,62 @@ def load_transforms(data: Path) -> Tuple[Dict[str, Any], Path]:
                 )
         if "file_path" not in frame:
             raise SceneFormatError(f"{path}: frame {index} has no 'file_path'")
+    check_cameras(meta, path)
     return meta, path
+
+
+_INTRINSICS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
+_POSITIVE = ("fl_x", "fl_y", "w", "h")
+
+
+def check_cameras(meta: Dict[str, Any], path: Path) -> None:
+    """Checks what nerfstudio's normalisation would spread to every camera, or divide by: each frame's pose is a
+    finite 4×4 matrix, its intrinsics are finite (focal lengths and sizes positive), and there are at least two
+    cameras, not all at one point (nerfstudio scales the poses by their spread)."""
+    for key in _INTRINSICS:
+        if key in meta:
+            _check_intrinsic(meta[key], key, f"{path}")
+    positions = []
+    for frame in meta["frames"]:
+        where = f"{path}: frame '{frame['file_path']}'"
+        for key in _INTRINSICS:
+            if key in frame:
+                _check_intrinsic(frame[key], key, where)
+        if "transform_matrix" not in frame:
+            raise SceneFormatError(f"{where}: has no 'transform_matrix' (its camera-to-world pose)")
+        try:
+            pose = np.asarray(frame["transform_matrix"], dtype=np.float64)
+        except (TypeError, ValueError):
+            pose = np.empty(0)
+        if pose.shape != (4, 4):
+            raise SceneFormatError(f"{where}: 'transform_matrix' must be a 4×4 list of numbers")
+        bad = np.argwhere(~np.isfinite(pose))
+        if len(bad):
+            row, column = bad[0]
+            raise SceneFormatError(
+                f"{where}: 'transform_matrix' holds {pose[row, column]} at row {row}, column {column}; every pose "
+                "value must be a finite number"
+            )
+        positions.append(pose[:3, 3])
+    if len(positions) < 2:
+        raise SceneFormatError(
+            f"{path}: has a single camera ('{meta['frames'][0]['file_path']}'); lifting needs views from at least "
+            "two places (nerfstudio scales the scene by the cameras' spread)"
+        )
+    positions_array = np.stack(positions)
+    if np.ptp(positions_array, axis=0).max() <= 1e-9 * (1.0 + np.abs(positions_array).max()):
+        raise SceneFormatError(
+            f"{path}: all {len(positions)} cameras stand at one point {positions_array[0].tolist()}; nerfstudio "
+            "scales the scene by the cameras' spread, so they need views from at least two places (a tripod "
+            "panorama has no parallax to reconstruct from)"
+        )
+
+
+def _check_intrinsic(value: Any, key: str, where: str) -> None:
+    if not np.isfinite(value):
+        raise SceneFormatError(f"{where}: '{key}' is {value}; camera intrinsics must be finite numbers")
+    if key in _POSITIVE and value <= 0:
+        raise SceneFormatError(f"{where}: '{key}' is {value}; it must be positive")
 
 
 _NUMBER = (int, float)

@@ -4,12 +4,13 @@ The same architecture serves every label the model renders: the fast and slow in
 semantic logits and Panoptic Lifting's instance logits. It reads positions only (no view direction), and the
 caller passes detached positions, so nothing it learns moves the geometry.
 
-**Where its cells are.** The grid covers the label volume (``data/label_volume.py``): the box the cameras look
-at fills its middle ``1 / (1 + shell)``, and everything outside the box is contracted into the thin shell
+**Where its cells are.** The grid covers the label volume (``data/label_volume.py``): the box of the capture's
+surfaces fills its middle ``1 / (1 + shell)``, and everything outside the box is contracted into the thin shell
 around it (``x / r · (1 + shell · (1 - 1 / r))`` for ``r = ‖x‖∞ > 1`` in box units), so the sky and distant walls
 still get labels while the objects keep most of the cells. By default the finest level's cells are
 ``cell_pixels`` pixels wide at the distance the cameras look at, so small objects in a large room get as many
-cells as in a small one. nerfstudio's scene contraction over [-2, 2] would instead give a fixed grid that
+cells as in a small one. The cells are cubes in the world: a flat box uses a flat part of the grid, rather than
+finer cells on its short axes. nerfstudio's scene contraction over [-2, 2] would instead give a fixed grid that
 coarsens as the room grows.
 """
 
@@ -69,6 +70,7 @@ class LabelFieldConfig(InstantiateConfig):
         """The finest grid resolution this field gets for ``volume``."""
         if self.max_res is not None:
             return self.max_res
+        # The grid's cells are cubes (see ``LabelField.grid_coordinates``), so the longest side sets the count.
         cells = volume.cells(2.0 * max(volume.half_extent) * (1.0 + SHELL), self.cell_pixels)
         return int(min(max(math.ceil(cells), 2 * self.base_res), self.max_res_limit))
 
@@ -108,17 +110,20 @@ class LabelField(nn.Module):
         )
 
     def finest_cell(self) -> float:
-        """World size of a finest-level cell inside the label box (along its longest side)."""
+        """World size of a finest-level cell inside the label box (the same along every axis)."""
         return 2.0 * float(self.half_extent.max()) * (1.0 + SHELL) / int(self.resolution)
 
     def grid_coordinates(self, positions: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*batch 3"]:
-        """Positions in [0, 1]³: the label box in the middle, the rest of space contracted around it."""
+        """Positions in [0, 1]³: the label box in the middle, the rest of space contracted around it. Each axis
+        spans the share of [0, 1] that its side is of the longest side, so a flat box's cells are cubes in the
+        world, not finer on its short axes than on its long one."""
         box = (positions - self.center) / self.half_extent
         radius = box.abs().amax(-1, keepdim=True)
         outside = radius > 1.0
         safe = torch.where(outside, radius, torch.ones_like(radius))
         contracted = torch.where(outside, box / safe * (1.0 + SHELL * (1.0 - 1.0 / safe)), box)
-        return (contracted / (1.0 + SHELL) + 1.0) / 2.0
+        aspect = self.half_extent / self.half_extent.max()
+        return (contracted * aspect / (1.0 + SHELL) + 1.0) / 2.0
 
     def forward(self, positions: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*batch out_dim"]:
         unit = self.grid_coordinates(positions).clamp(0.0, 1.0)

@@ -9,6 +9,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -84,7 +85,7 @@ class EvalConfig:
         if missing:
             report["missing_ground_truth"] = missing
         self.output_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.output_path, report)
+        write_metrics(self.output_path, report)
         _print_table(report)
         if missing:
             CONSOLE.print(
@@ -98,6 +99,15 @@ class EvalConfig:
                 f"pixels): pq_scene_authors_filter {report['pq_scene_authors_filter']:.4f} leaves them out, while "
                 f"pq_scene scores them (a missed class counts 0).[/yellow]"
             )
+
+
+def write_metrics(path: Path, report: Dict[str, Any]) -> None:
+    """Writes the report as JSON, a NaN (a consistency with no overlapping views) as null: JSON has no NaN."""
+    atomic_write_json(path, {key: None if _is_nan(value) else value for key, value in report.items()})
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _view_writer(folder: Path, names: List[str], sheet_rows: List[List[np.ndarray]]):

@@ -31,6 +31,7 @@ def test_the_lift_benchmark_trains_evaluates_and_reports_every_method(tmp_path, 
         profile="quick",
         objects=(2, 3),
         hard_objects=(2,),
+        depth_objects=(2,),
         seeds=(0, 1),
         sweep_min_cluster_size=(5,),
         workers=2,
@@ -38,9 +39,9 @@ def test_the_lift_benchmark_trains_evaluates_and_reports_every_method(tmp_path, 
     summary = benchmark.main()
 
     trained = [r for r in summary["rows"] if not r.get("swept")]
-    scenes = [(2, "hard"), (2, "realistic"), (3, "realistic")]
-    expected = [(n, seed, preset, m) for seed in (0, 1) for n, preset in scenes for m in METHODS]
-    assert [(r["objects"], r["seed"], r["preset"], r["method"]) for r in trained] == expected
+    scenes = [(2, "hard", False), (2, "realistic", False), (2, "realistic", True), (3, "realistic", False)]
+    expected = [(n, seed, preset, depth, m) for seed in (0, 1) for n, preset, depth in scenes for m in METHODS]
+    assert [(r["objects"], r["seed"], r["preset"], r["depth"], r["method"]) for r in trained] == expected
     keys = ("pq_scene_things", "pq_frame", "segmenter_pq_frame", "miou", "psnr", "min_cluster_size", "step_ms")
     for row in trained:
         assert 0.0 <= row["pq_scene"] <= 1.0 and row["num_objects_gt"] >= 1 and row["step_ms"] > 0
@@ -52,7 +53,7 @@ def test_the_lift_benchmark_trains_evaluates_and_reports_every_method(tmp_path, 
     table = (out / "results.md").read_text()
     assert all(f"| {method} |" in table for method in METHODS)
     assert "±" in table and "seeds: [0, 1]" in table and "| 5 |" in table  # spread over seeds, and the sweep
-    assert "2 objects (hard)" in table and "Matched objects" in table
+    assert "2 objects (hard)" in table and "2 objects (realistic, depth)" in table and "Matched objects" in table
     assert (out / "pq_scene.png").stat().st_size > 0 and (out / "speed.png").stat().st_size > 0
 
 

@@ -21,7 +21,7 @@ from contrastive_lift_ns.data.scene_format import (
     read_label_map,
 )
 from contrastive_lift_ns.generator.raycast import Renderer
-from contrastive_lift_ns.generator.room import make_room
+from contrastive_lift_ns.generator.room import CAMERA_LAYOUTS, make_room
 from contrastive_lift_ns.generator.segmenter_noise import PRESETS, SegmenterNoiseConfig, simulate_segments
 from contrastive_lift_ns.generator.writer import MakeSceneConfig, MakeSceneError, make_scene
 from contrastive_lift_ns.scripts.make_scene import entrypoint
@@ -253,6 +253,70 @@ def test_same_seed_gives_identical_bytes(tmp_path):
     assert (tmp_path / "a/images/frame_00000.png").read_bytes() != (tmp_path / "c/images/frame_00000.png").read_bytes()
 
 
+@pytest.fixture(scope="module")
+def layout_scenes(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("layouts")
+    return {
+        layout: make_scene(
+            MakeSceneConfig(
+                output_dir=root / layout, num_objects=12, num_views=12, resolution=48, seed=4, camera_layout=layout
+            ),
+            progress=False,
+        )
+        for layout in CAMERA_LAYOUTS
+    }
+
+
+@pytest.mark.parametrize("layout", CAMERA_LAYOUTS)
+def test_every_layout_sees_the_objects(layout_scenes, layout):
+    scene = layout_scenes[layout]
+    meta = _meta(scene)
+    assert meta["generator"].get("camera_layout", "dome") == layout
+    seen, shares = set(), []
+    for frame in meta["frames"]:
+        gt = read_label_map(scene / frame[GT_INSTANCE_KEY])
+        ids, pixels = np.unique(gt[gt > 0], return_counts=True)
+        visible = set(ids[pixels >= 4].tolist())  # a few pixels at 48 px: an object a segmenter could find
+        seen |= visible
+        shares.append(len(visible) / 12)
+        depth = np.asarray(Image.open(scene / frame["depth_file_path"]))
+        assert (depth[gt > 0] > 0).all()
+    assert len(seen) >= 10, f"{layout}: only {len(seen)} of 12 objects in any view"
+    assert np.mean(shares) >= 0.3, f"{layout}: views see {np.mean(shares):.0%} of the objects on average"
+
+
+@pytest.mark.parametrize("layout", ["forward", "walkthrough", "panorama"])
+def test_inside_layouts_hit_a_surface_with_every_ray(layout_scenes, layout):
+    """Walls stand around the rug, so no pixel lacks a depth (the sky over the walls has one too)."""
+    scene = layout_scenes[layout]
+    for frame in _meta(scene)["frames"]:
+        depth = np.asarray(Image.open(scene / frame["depth_file_path"]), dtype=np.float64) / 1000
+        assert (depth > 0).all() and depth.max() < 20
+
+
+def test_layouts_place_the_cameras_as_captured(layout_scenes):
+    def poses(layout):
+        return np.array([f["transform_matrix"] for f in _meta(layout_scenes[layout])["frames"]])
+
+    rug = _meta(layout_scenes["dome"])["generator"]["floor_size"] / 2 + 0.15  # half the rug's side
+    forward = poses("forward")
+    axes = -forward[:, :3, 2]
+    assert (axes @ axes.mean(0) / np.linalg.norm(axes.mean(0)) > np.cos(np.radians(8))).all()  # near-parallel
+    assert np.ptp(forward[:, :3, 3], axis=0).max() < 1.7 and (forward[:, 1, 3] < -rug).all()  # a grid at one edge
+    walk = poses("walkthrough")
+    assert np.allclose(walk[:, 2, 3], 1.5, atol=0.16)  # eye height
+    heading = np.degrees(np.arctan2(-walk[:, 1, 2], -walk[:, 0, 2]))
+    assert len(set(np.floor((heading + 180) / 90).tolist())) == 4  # looking all around
+    assert np.linalg.norm(walk[:, :2, 3], axis=1).max() < rug  # walking over the rug
+    panorama = poses("panorama")
+    assert np.ptp(panorama[:, :3, 3], axis=0).max() < 0.1  # one point
+    heading = np.sort(np.degrees(np.arctan2(-panorama[:, 1, 2], -panorama[:, 0, 2])))
+    assert np.diff(np.concatenate([heading, heading[:1] + 360])).max() < 70  # no gap in the turn
+    # the same seed gives the same objects in every layout
+    objects = [_meta(layout_scenes[layout])["scene_objects"] for layout in CAMERA_LAYOUTS]
+    assert all(o == objects[0] for o in objects)
+
+
 @pytest.mark.parametrize("segmenter", ["felzenszwalb", "slic"])
 def test_classical_segmenter(tmp_path, segmenter):
     scene = make_scene(
@@ -287,6 +351,7 @@ def test_classical_segmenter(tmp_path, segmenter):
         (dict(false_positives=-1.0), "--false-positives"),
         (dict(boundary_px=50.0), "--boundary-px"),
         (dict(segmenter="slic", miss_rate=0.2), "--segmenter"),
+        (dict(camera_layout="walkthrough", view_width=3.0), "--view-width"),
     ],
 )
 def test_bad_flags_fail_clearly_and_leave_nothing(tmp_path, flags, flag):

@@ -42,11 +42,12 @@ def write_messy_rooms(scene: Path, root: Path) -> Path:
     """The scene in the Messy Rooms layout: RGBA colour, normalised K (Blender's negative fy), w-x-y-z quaternions."""
     meta = json.loads((scene / "transforms.json").read_text())
     width, height = meta["w"], meta["h"]
-    for folder in ("color", "detic_instance", "detic_semantic", "detic_probabilities", "instance", "semantic"):
+    for folder in ("color", "depth", "detic_instance", "detic_semantic", "detic_probabilities", "instance", "semantic"):
         (root / folder).mkdir(parents=True)
     positions, quaternions = [], []
     for name, frame in sorted(_frames(scene), key=lambda item: int(item[0])):
         Image.open(scene / frame["file_path"]).convert("RGBA").save(root / f"color/{name}.png")
+        shutil.copy(scene / frame["depth_file_path"], root / f"depth/{name}.png")  # both in 16-bit millimetres
         pose = np.array(frame["transform_matrix"])
         positions.append(pose[:3, 3].tolist())
         quaternions.append(np.roll(Rotation.from_matrix(pose[:3, :3]).as_quat(), 1).tolist())
@@ -65,7 +66,7 @@ def write_panoptic_lifting(scene: Path, root: Path) -> Path:
     """The scene in Panoptic Lifting's layout: OpenCV poses, 4×4 K, object -> chair, background -> floor."""
     meta = json.loads((scene / "transforms.json").read_text())
     folders = ("color", "pose", "intrinsic", "m2f_instance", "m2f_semantics", "m2f_probabilities", "rs_instance")
-    for folder in (*folders, "rs_semantics"):
+    for folder in (*folders, "rs_semantics", "depth"):
         (root / folder).mkdir(parents=True)
     intrinsics = np.eye(4)
     intrinsics[:3, :3] = [[meta["fl_x"], 0, meta["cx"]], [0, meta["fl_y"], meta["cy"]], [0, 0, 1]]
@@ -74,6 +75,7 @@ def write_panoptic_lifting(scene: Path, root: Path) -> Path:
     for index, (name, frame) in enumerate(_frames(scene)):
         Image.open(scene / frame["file_path"]).convert("RGB").save(root / f"color/{name}.jpg", quality=95)
         np.savetxt(root / f"pose/{name}.txt", np.array(frame["transform_matrix"]) @ OPENGL_TO_OPENCV)
+        shutil.copy(scene / frame["depth_file_path"], root / f"depth/{name}.png")
         write_label_map(root / f"m2f_instance/{name}.png", read_label_map(scene / frame["segments_path"]), True)
         semantics = read_label_map(scene / frame["semantics_path"])
         write_label_map(root / f"m2f_semantics/{name}.png", np.where(semantics == 1, CHAIR, FLOOR))
@@ -148,6 +150,7 @@ def test_messy_rooms_layout_parses_to_the_same_cameras_and_labels(layouts):
     for name in ours:
         for key in ("image", "segments", "semantics", "confidence"):
             assert torch.equal(theirs[name][key], ours[name][key]), (name, key)
+        assert torch.allclose(theirs[name]["depth_image"], ours[name]["depth_image"], rtol=1e-5), name
     for name, frame in _frames(layouts["scene"]):
         if theirs[name]["split"] == "test":
             gt = torch.from_numpy(read_label_map(layouts["scene"] / frame["gt_instance_path"]))[..., None]
@@ -169,6 +172,7 @@ def test_panoptic_lifting_layout_parses_to_the_same_cameras_and_labels(layouts):
         assert torch.equal(theirs[name]["segments"], ours[name]["segments"])
         assert torch.equal(theirs[name]["semantics"], torch.where(ours[name]["semantics"] == 1, CHAIR, FLOOR))
         assert torch.equal(theirs[name]["confidence"], ours[name]["confidence"])
+        assert torch.allclose(theirs[name]["depth_image"], ours[name]["depth_image"], rtol=1e-5), name
         if theirs[name]["split"] == "test":
             assert ((theirs[name]["gt_semantics"] == CHAIR) == (theirs[name]["gt_instance"] > 0)).all()
     val = PanopticLiftingDataParserConfig(data=layouts["panoptic-lifting"]).setup().get_dataparser_outputs("val")
@@ -188,6 +192,19 @@ def test_label_maps_of_another_resolution_are_resized_but_not_of_another_shape(l
         PanopticLiftingDataParserConfig(data=data).setup().get_dataparser_outputs("train")
 
 
+@pytest.mark.parametrize("layout", ["messy-rooms", "panoptic-lifting"])
+def test_depth_is_optional_and_may_be_smaller_than_the_images(layouts, tmp_path, layout):
+    data = Path(shutil.copytree(layouts[layout], tmp_path / layout))
+    depth = np.asarray(Image.open(data / "depth/1.png"))
+    Image.fromarray(depth[::2, ::2]).save(data / "depth/1.png")  # ScanNet's depth is smaller than its colour
+    outputs = PARSERS[layout](data=data).setup().get_dataparser_outputs("train")
+    item = ContrastiveLiftDataset(outputs)[[p.stem for p in outputs.image_filenames].index("1")]
+    assert item["depth_image"].shape == (48, 48, 1)
+    shutil.rmtree(data / "depth")
+    outputs = PARSERS[layout](data=data).setup().get_dataparser_outputs("train")
+    assert outputs.metadata["depth_filenames"] is None and "depth_image" not in ContrastiveLiftDataset(outputs)[0]
+
+
 def _edit_json(path: Path, edit: Callable[[dict], None]) -> None:
     data = json.loads(path.read_text())
     edit(data)
@@ -204,6 +221,7 @@ def _edit_json(path: Path, edit: Callable[[dict], None]) -> None:
         ),
         ("messy-rooms", lambda d: shutil.rmtree(d / "detic_instance"), r"detic_instance: no such folder"),
         ("messy-rooms", lambda d: (d / "detic_instance/7.npy").unlink(), r"detic_instance/7\.npy: file not found"),
+        ("panoptic-lifting", lambda d: (d / "depth/6.png").unlink(), r"depth/6\.png: file not found"),
         (
             "panoptic-lifting",
             lambda d: _edit_json(d / "splits.json", lambda s: s["test"].append("99")),

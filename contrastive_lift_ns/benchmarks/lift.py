@@ -106,6 +106,9 @@ class LiftBenchmark:
     """Scene seeds; tables give the mean ± standard deviation over them."""
     hard_objects: Tuple[int, ...] = ()
     """Also these numbers of objects with ``cl-make-scene --preset hard`` (a worse simulated segmenter), each seed."""
+    depth_objects: Tuple[int, ...] = ()
+    """Also these numbers of objects trained with the generator's depth maps (the label volume and nerfstudio's
+    depth loss), each seed; every other row is RGB only, the paper's protocol."""
     sweep_min_cluster_size: Tuple[int, ...] = ()
     """Also cluster the trained slow-fast models of the first seed with these fixed min_cluster_size values and
     score them."""
@@ -126,17 +129,19 @@ def _run(config: LiftBenchmark) -> Dict[str, Any]:
     # Largest scene first, beside the smaller ones: the workers finish at about the same time.
     counts = sorted(config.objects, reverse=True)
     counts = [counts[0], *sorted(counts[1:])]
-    jobs = [(count, seed, "realistic") for seed in config.seeds for count in counts]
-    jobs += [(count, seed, "hard") for seed in config.seeds for count in sorted(config.hard_objects)]
+    jobs = [(count, seed, "realistic", False) for seed in config.seeds for count in counts]
+    jobs += [(count, seed, "hard", False) for seed in config.seeds for count in sorted(config.hard_objects)]
+    jobs += [(count, seed, "realistic", True) for seed in config.seeds for count in sorted(config.depth_objects)]
     workers = config.workers or ((os.cpu_count() or 1) if profile["small"] else 1)
     workers = min(workers, len(jobs))
     threads = config.threads or max(1, (os.cpu_count() or 1) // workers)
     with atomic_output_dir(config.output_dir, overwrite=config.overwrite) as folder:
         first = config.seeds[0]
         sweep = config.sweep_min_cluster_size
+        headline = (first, "realistic", False)  # the sweep re-clusters the first seed's RGB-only scenes
         args = [
-            (count, seed, preset, folder, profile, threads, sweep if seed == first and preset == "realistic" else ())
-            for count, seed, preset in jobs
+            (count, seed, preset, depth, folder, profile, threads, sweep if (seed, preset, depth) == headline else ())
+            for count, seed, preset, depth in jobs
         ]
         if workers == 1:
             per_scene = [_scene_rows(*job) for job in args]
@@ -145,7 +150,7 @@ def _run(config: LiftBenchmark) -> Dict[str, Any]:
                 per_scene = pool.starmap(_scene_rows, args, chunksize=1)
         rows = sorted(
             (row for scene_rows in per_scene for row in scene_rows),
-            key=lambda r: (r["seed"], r["objects"], r["preset"]),
+            key=lambda r: (r["seed"], r["objects"], r["preset"], r.get("depth", False)),
         )
         summary = {
             "command": " ".join(sys.argv),
@@ -166,6 +171,7 @@ def _scene_rows(
     count: int,
     seed: int,
     preset: str,
+    depth: bool,
     folder: Path,
     profile: Dict[str, Any],
     threads: int,
@@ -173,7 +179,7 @@ def _scene_rows(
 ) -> List[Dict[str, Any]]:
     """One scene: generated, trained without instances, then each method's instance stage on it."""
     torch.set_num_threads(threads)
-    name = f"{count}-seed{seed}" + ("" if preset == "realistic" else f"-{preset}")
+    name = f"{count}-seed{seed}" + ("" if preset == "realistic" else f"-{preset}") + ("-depth" if depth else "")
     views = max(profile["views"], round(profile.get("views_per_object", 0) * count))
     scene = make_scene(
         MakeSceneConfig(
@@ -188,20 +194,20 @@ def _scene_rows(
     )
     scene_steps = profile["scene_steps"] + profile.get("scene_steps_per_view", 0) * views
     instance_steps = max(profile["instance_steps"], profile.get("instance_steps_per_view", 0) * views)
-    checkpoint = _train_scene(scene, folder / "runs" / f"{name}-scene", scene_steps, profile)
+    checkpoint = _train_scene(scene, folder / "runs" / f"{name}-scene", scene_steps, profile, depth)
     rows = []
     for method in METHODS:
         output = folder / "runs" / f"{name}-{method}"
-        config, step_seconds = _instance_stage(scene, checkpoint, method, output, instance_steps, profile)
+        config, step_seconds = _instance_stage(scene, checkpoint, method, output, instance_steps, profile, depth)
         pipeline = eval_setup(config.get_base_dir() / "config.yml", test_mode="test")[1]
         timing = {"step_ms": 1000 * step_seconds, "iterations_per_second": 1 / step_seconds}
         extra = {"views": views, "scene_steps": scene_steps, "instance_steps": instance_steps, **timing}
-        rows.append(_row(pipeline, count, seed, method, {"preset": preset, **extra}))
+        rows.append(_row(pipeline, count, seed, method, {"preset": preset, "depth": depth, **extra}))
         print(json.dumps(rows[-1]), flush=True)
         if method == "contrastive-lift":
             for size in sweep:
                 pipeline.recluster(min_cluster_size=size)
-                swept = {"preset": preset, "swept": True, "min_cluster_size": size}
+                swept = {"preset": preset, "depth": depth, "swept": True, "min_cluster_size": size}
                 rows.append(_row(pipeline, count, seed, method, swept))
                 print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -225,9 +231,10 @@ def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def _base(method: str, profile: Dict[str, Any]):
+def _base(method: str, profile: Dict[str, Any], depth: bool):
     # A registered method name: eval_setup looks the run's method up to rebuild its datamanager.
     config = trainer_config(method, METHODS[method], small=profile["small"])
+    config.pipeline.datamanager.dataparser.use_depth = depth
     config.pipeline.model.clustering.recluster_every = 0  # cluster once, at the end
     config.pipeline.model.use_appearance_embedding = False  # generated scenes have constant lighting
     config.pipeline.model.clustering.num_pixels = profile.get(
@@ -236,17 +243,19 @@ def _base(method: str, profile: Dict[str, Any]):
     return config
 
 
-def _train_scene(scene: Path, output: Path, steps: int, profile: Dict[str, Any]) -> Path:
+def _train_scene(scene: Path, output: Path, steps: int, profile: Dict[str, Any], depth: bool) -> Path:
     """Geometry, colour and semantics, with no instance loss."""
-    config = quiet(_base("contrastive-lift", profile), output)
+    config = quiet(_base("contrastive-lift", profile, depth), output)
     config.pipeline.datamanager.data = scene
     config.pipeline.model.instance_loss_start_step = 10**9
     return train_timed(config, steps).checkpoint
 
 
-def _instance_stage(scene: Path, checkpoint: Path, method: str, output: Path, steps: int, profile: Dict[str, Any]):
+def _instance_stage(
+    scene: Path, checkpoint: Path, method: str, output: Path, steps: int, profile: Dict[str, Any], depth: bool
+):
     """Trains one method's instance field alone from the scene checkpoint; returns its config and step time."""
-    config = quiet(_base(method, profile), output)
+    config = quiet(_base(method, profile, depth), output)
     config.pipeline.datamanager.data = scene
     model = config.pipeline.model
     model.instance_field_only, model.pretrained_checkpoint = True, checkpoint
@@ -265,7 +274,7 @@ _MATCHED, _IDS = "num_objects_matched", "num_objects_pred"
 
 
 def _column(row: Dict[str, Any]) -> Tuple[int, str]:
-    return row["objects"], row.get("preset", "realistic")
+    return row["objects"], row.get("preset", "realistic") + (", depth" if row.get("depth") else "")
 
 
 def markdown(summary: Dict[str, Any]) -> str:
@@ -356,7 +365,7 @@ def _plots(rows: List[Dict[str, Any]], folder: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if not r.get("swept") and r.get("preset", "realistic") == "realistic"]
+    rows = [r for r in rows if not r.get("swept") and _column(r)[1] == "realistic"]
     for key, label, name in (("pq_scene", "PQ^scene", "pq_scene.png"), ("iterations_per_second", "it/s", "speed.png")):
         figure, axes = plt.subplots(figsize=(5, 3.5))
         for method in METHODS:

@@ -22,7 +22,7 @@ from PIL import Image
 from plyfile import PlyData
 
 from contrastive_lift_ns.data import scene_format as sf
-from contrastive_lift_ns.data.dataset import label_metadata, split_label_keys
+from contrastive_lift_ns.data.dataset import check_depth_file, label_metadata, split_label_keys
 from contrastive_lift_ns.data.label_volume import depth_points, label_volume
 from contrastive_lift_ns.private_apis import image_path
 
@@ -33,6 +33,9 @@ class ContrastiveLiftDataParserConfig(NerfstudioDataParserConfig):
 
     _target: Type = field(default_factory=lambda: ContrastiveLiftDataParser)
     """Target class to instantiate."""
+    use_depth: bool = True
+    """Use the frames' depth maps (depth_file_path), where they have them: to place the label volume and to train
+    the geometry with nerfstudio's depth loss. False: RGB only, the paper's protocol."""
 
 
 @dataclass
@@ -45,6 +48,8 @@ class ContrastiveLiftDataParser(Nerfstudio):
         meta, transforms_path = sf.load_transforms(self.config.data)  # clear errors before nerfstudio's own
         classes = sf.SceneClasses.from_meta(meta, transforms_path)
         outputs = super()._generate_dataparser_outputs(split)
+        if not self.config.use_depth:  # the dataset then loads no depth, and the model has no depth loss
+            outputs.metadata.pop("depth_filenames", None)
         if not outputs.image_filenames:
             raise sf.SceneFormatError(
                 f"{transforms_path}: the '{split}' split has no frames, so nothing can be evaluated; list some in "
@@ -145,8 +150,7 @@ def capture_content(
     points = []
     for index in np.unique(np.linspace(0, len(depth_files) - 1, _DEPTH_VIEWS).round().astype(int)):
         height, width = int(cameras.height[index]), int(cameras.width[index])
-        if not Path(depth_files[index]).is_file():
-            raise sf.SceneFormatError(f"{depth_files[index]}: depth map (depth_file_path) not found")
+        check_depth_file(Path(depth_files[index]), str(outputs.image_filenames[index]), (height, width))
         depth = get_depth_image_from_path(Path(depth_files[index]), height, width, scale)[..., 0].numpy()
         stride = max(1, int(np.sqrt(height * width / _DEPTH_POINTS_PER_VIEW)))
         points.append(depth_points(cameras, int(index), depth, stride))

@@ -9,14 +9,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.data.utils.data_utils import get_depth_image_from_path
+from PIL import Image
 
 from contrastive_lift_ns.data import scene_format as sf
 from contrastive_lift_ns.data.label_volume import label_volume
+from contrastive_lift_ns.keys import Batch
 
 LABEL_KEYS = ("segments", "semantics", "confidence")
 GT_KEYS = ("gt_instance", "gt_semantics")
+# PIL modes of single-channel images deep enough for depth (16-bit or 32-bit integers, 32-bit floats).
+_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+_DEPTH_ASPECT_TOLERANCE = 0.02
 
 
 def split_label_keys(split: str) -> tuple:
@@ -58,10 +65,25 @@ class ContrastiveLiftDataset(InputDataset):
     ``gt_instance`` and ``gt_semantics`` when the scene has them (ground-truth semantics default the same way
     from the ground-truth instances). Label maps are resized to the loaded image with nearest-neighbour
     sampling.
+
+    Where the dataparser lists depth maps (nerfstudio's ``depth_filenames`` metadata: ``depth_file_path`` in
+    transforms.json, a paper layout's ``depth/``), ``depth_image`` (float32, H×W×1) holds each pixel's depth
+    in nerfstudio's scaled units: the file's values times ``depth_unit_scale_factor`` (to metres) times the
+    dataparser's scale, as nerfstudio's depth dataset does; 0 means no measurement. Every depth file's header is
+    checked when the dataset is built, so a missing or misshapen one fails before training.
     """
 
     # An own list: the datamanager edits the base class's list in place.
-    exclude_batch_keys_from_device: List[str] = ["image", "mask", *LABEL_KEYS, *GT_KEYS]
+    exclude_batch_keys_from_device: List[str] = ["image", "mask", *LABEL_KEYS, *GT_KEYS, Batch.DEPTH]
+
+    def __init__(self, dataparser_outputs: DataparserOutputs, scale_factor: float = 1.0) -> None:
+        super().__init__(dataparser_outputs, scale_factor)
+        depth_files = self.metadata.get("depth_filenames")
+        if depth_files is not None:
+            for index, path in enumerate(depth_files):
+                camera = self.cameras[index]
+                image = (int(camera.height), int(camera.width))
+                check_depth_file(Path(path), str(self.image_filenames[index]), image)
 
     def get_metadata(self, data: Dict) -> Dict:
         idx = data["image_idx"]
@@ -93,6 +115,10 @@ class ContrastiveLiftDataset(InputDataset):
         else:
             confidence = torch.from_numpy(sf.read_confidence(confidence_files[idx], frame))
             out["confidence"] = _resize_nearest(confidence, size)
+        depth_files = self.metadata.get("depth_filenames")
+        if depth_files is not None:
+            scale = self.metadata["depth_unit_scale_factor"] * float(self._dataparser_outputs.dataparser_scale)
+            out[Batch.DEPTH] = get_depth_image_from_path(Path(depth_files[idx]), size[0], size[1], scale)
         gt_instance = labels("gt_instance", "gt_instance_path")
         if gt_instance is not None:
             out["gt_instance"] = gt_instance
@@ -106,6 +132,35 @@ class ContrastiveLiftDataset(InputDataset):
         size = (int(camera.height), int(camera.width))
         ids = _instance_ids(self.metadata["segments_filenames"][idx], str(self.image_filenames[idx]), "segments_path")
         return _resize_nearest(torch.from_numpy(ids), size)[..., 0]
+
+
+def check_depth_file(path: Path, frame: str, image: tuple) -> None:
+    """Raises SceneFormatError naming the frame and the file unless ``path`` is a readable single-channel depth
+    map (a 16/32-bit PNG or TIFF, or an ``.npy``) with its (H, W) ``image``'s aspect ratio; nerfstudio resizes
+    depth to the image, so only the shape must match."""
+    where = f"frame '{frame}': {path}"
+    if not path.is_file():
+        raise sf.SceneFormatError(f"{where}: depth map not found")
+    try:
+        if path.suffix.lower() == ".npy":
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            shape, found = array.shape, f"an .npy of shape {array.shape} and dtype {array.dtype}"
+            deep = array.dtype.kind in "uif" and (array.ndim == 2 or (array.ndim == 3 and shape[2] == 1))
+        else:
+            with Image.open(path) as depth:
+                shape, found = depth.size[::-1], f"PIL mode '{depth.mode}'"
+                deep = depth.mode in _DEPTH_MODES
+    except Exception as err:  # numpy and PIL raise many types for corrupt files
+        raise sf.SceneFormatError(f"{where}: unreadable depth map ({err})") from None
+    if not deep:
+        raise sf.SceneFormatError(f"{where}: a depth map must be one channel of 16/32-bit numbers, got {found}")
+    height, width = shape[:2]
+    aspect = image[1] / image[0]
+    if abs(width / height - aspect) > _DEPTH_ASPECT_TOLERANCE * aspect:
+        raise sf.SceneFormatError(
+            f"{where}: depth map is {width}×{height} (W×H), which does not have the shape of its "
+            f"{image[1]}×{image[0]} image"
+        )
 
 
 def _instance_ids(path: Path, frame: str, what: str) -> np.ndarray:

@@ -13,15 +13,17 @@ Layout under ``--data``::
 Frames are the sorted stems of ``color/`` (numerically when they are numbers); the poses in metadata.json follow
 that order and are Blender camera-to-world matrices, whose camera axes are nerfstudio's. The last 20 % of the
 frames are the test (and val) views. The classes are background (stuff) and object (thing). The optional
-``depth/`` and ``invalid/`` folders are not read.
+``depth/<name>.png`` (16-bit millimetres, z-depth) supervise the geometry when present; ``invalid/`` is not
+read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Type
+from typing import Any, Type
 
 import numpy as np
+from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from scipy.spatial.transform import Rotation
 
@@ -45,12 +47,21 @@ class MessyRoomsDataParserConfig(LayoutDataParserConfig):
 
     _target: Type = field(default_factory=lambda: MessyRooms)
     """Target class to instantiate."""
+    depth_unit_scale_factor: float = 1e-3
+    """Metres per unit of the depth/ maps (the data set writes millimetres)."""
 
 
 class MessyRooms(LayoutDataParser):
     """Reads the Messy Rooms layout."""
 
     config: MessyRoomsDataParserConfig
+
+    def _generate_dataparser_outputs(self, split: str = "train", **kwargs: Any) -> DataparserOutputs:
+        outputs = super()._generate_dataparser_outputs(split, **kwargs)
+        names = [path.stem for path in outputs.image_filenames]
+        outputs.metadata["depth_filenames"] = label_files(self.config.data, "depth", names, ".png", required=False)
+        outputs.metadata["depth_unit_scale_factor"] = self.config.depth_unit_scale_factor
+        return outputs
 
     def _read_layout(self) -> Layout:
         root = self.config.data

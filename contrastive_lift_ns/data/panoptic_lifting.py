@@ -16,17 +16,19 @@ Frames are the sorted stems of ``color/`` (numerically when they are numbers). P
 OpenGL axes by flipping the camera's y and z. All frames place the scene; only those named in splits.json are
 trained or tested on, and the val split is the test split. The classes are the 21 "reduced ScanNet" classes of
 Panoptic Lifting plus 0 = void (unlabelled, left out of the metrics); the label maps may be smaller than the
-colour images (ScanNet's are) and are resized to them. The ``m2f_probabilities`` soft targets, ``m2f_segments``,
-``depth/``, ``invalid/`` and ``segmentation_data.pkl`` are not read.
+colour images (ScanNet's are) and are resized to them, and so may the optional ``depth/<name>.png`` (16-bit
+millimetres, z-depth), which supervise the geometry when present. The ``m2f_probabilities`` soft targets,
+``m2f_segments``, ``invalid/`` and ``segmentation_data.pkl`` are not read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Tuple, Type
+from typing import Any, Dict, List, Tuple, Type
 
 import numpy as np
+from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
 from contrastive_lift_ns.data import scene_format as sf
@@ -55,12 +57,21 @@ class PanopticLiftingDataParserConfig(LayoutDataParserConfig):
 
     _target: Type = field(default_factory=lambda: PanopticLifting)
     """Target class to instantiate."""
+    depth_unit_scale_factor: float = 1e-3
+    """Metres per unit of the depth/ maps (the data set writes millimetres)."""
 
 
 class PanopticLifting(LayoutDataParser):
     """Reads Panoptic Lifting's layout."""
 
     config: PanopticLiftingDataParserConfig
+
+    def _generate_dataparser_outputs(self, split: str = "train", **kwargs: Any) -> DataparserOutputs:
+        outputs = super()._generate_dataparser_outputs(split, **kwargs)
+        names = [path.stem for path in outputs.image_filenames]
+        outputs.metadata["depth_filenames"] = label_files(self.config.data, "depth", names, ".png", required=False)
+        outputs.metadata["depth_unit_scale_factor"] = self.config.depth_unit_scale_factor
+        return outputs
 
     def _read_layout(self) -> Layout:
         root = self.config.data

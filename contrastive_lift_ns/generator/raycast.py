@@ -5,7 +5,8 @@ rectangle, off-screen objects are culled, and only the rays inside a rectangle a
 object: analytically for spheres, boxes and cylinders, by sphere tracing for the torus. The nearest hit per
 pixel wins. The same caster, with orthographic rays, makes two maps once per scene: a shadow map seen from
 the sun and a top-down occupancy map whose blur darkens the floor around objects (contact occlusion).
-Shading is diffuse: sun (shadowed) plus a sky ambient term; the dome is emissive. RGB averages 2×2 rays
+Shading is diffuse: sun (shadowed by the objects) plus a sky ambient term; the dome is emissive. Walls, when
+the room has them, are the sides of a box around the rug, intersected analytically. RGB averages 2×2 rays
 per pixel; depth and ids come from the ray through the pixel centre, the one nerfstudio casts.
 """
 
@@ -17,7 +18,7 @@ from typing import Callable, Tuple
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from contrastive_lift_ns.generator.room import BOX, CYLINDER, SPHERE, TORUS, MessyRoom, SceneObjects
+from contrastive_lift_ns.generator.room import BOX, CYLINDER, SPHERE, TORUS, MessyRoom, SceneObjects, Walls
 
 _SUN = np.array([1.0, 0.95, 0.86]) * 2.3
 _SKY = np.array([0.55, 0.62, 0.75]) * 0.75
@@ -31,6 +32,8 @@ _TORUS_TOLERANCE = 2e-4  # metres
 # RGB rays per pixel along each axis.
 _SUPERSAMPLE = 2
 _EPS = 1e-6
+# What a ray hits first.
+OBJECT, FLOOR, WALL, SKY = range(4)
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,8 @@ class Renderer:
         # RGB averages a grid of rays per pixel (anti-aliasing, like a real sensor).
         fine, fine_focal = size * _SUPERSAMPLE, cams.focal * _SUPERSAMPLE
         sub_directions, _ = _pixel_rays(rot, fine_focal, fine)
-        t_sub, ids_sub, floor_sub, _ = self._trace(origin, rot, sub_directions, fine_focal, fine)
-        radiance = self._shade(origin, sub_directions, t_sub, ids_sub, floor_sub)
+        t_sub, ids_sub, surface_sub, _ = self._trace(origin, rot, sub_directions, fine_focal, fine)
+        radiance = self._shade(origin, sub_directions, t_sub, ids_sub, surface_sub)
         radiance = radiance.reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE, 3).mean((1, 3))
         return View(
             rgb=np.round(np.clip(radiance, 0.0, 1.0) ** (1 / _GAMMA) * 255).astype(np.uint8),
@@ -79,7 +82,8 @@ class Renderer:
         )
 
     def _trace(self, origin: np.ndarray, rot: np.ndarray, directions: np.ndarray, focal: float, size: int):
-        """First hits of a camera's rays: t, object ids (0 = none), floor flags, unoccluded pixels per id."""
+        """First hits of a camera's rays: t, object ids (0 = none), the surface kind hit (OBJECT, FLOOR, WALL or
+        SKY), unoccluded pixels per id."""
         objects = self.room.objects
         pix, obj = _candidates(*_screen_bounds(objects, rot, origin, focal, size), size)
         t = _intersect(objects, obj, np.broadcast_to(origin, (len(obj), 3)), directions[pix])
@@ -87,19 +91,30 @@ class Renderer:
         t_floor = np.where(directions[:, 2] < -_EPS, -origin[2] / np.minimum(directions[:, 2], -_EPS), np.inf)
         b = directions @ origin
         t_dome = -b + np.sqrt(np.maximum(b * b - (origin @ origin - self.room.dome_radius**2), 0.0))
-        on_floor = (ids == 0) & (t_floor <= t_dome)
-        return np.where(ids > 0, t_obj, np.minimum(t_floor, t_dome)), ids, on_floor, unoccluded
+        t_far = np.minimum(t_floor, t_dome)
+        surface = np.where(ids > 0, OBJECT, np.where(t_floor <= t_dome, FLOOR, SKY))
+        if self.room.walls is not None:
+            t_wall = _hit_walls(self.room.walls, origin, directions)
+            surface = np.where((ids == 0) & (t_wall < t_far), WALL, surface)
+            t_far = np.minimum(t_far, t_wall)
+        return np.where(ids > 0, t_obj, t_far), ids, surface, unoccluded
 
-    def _shade(self, origin: np.ndarray, directions: np.ndarray, t: np.ndarray, ids: np.ndarray, on_floor: np.ndarray):
+    def _shade(self, origin: np.ndarray, directions: np.ndarray, t: np.ndarray, ids: np.ndarray, surface: np.ndarray):
         """Linear radiance (n, 3) of the rays' first hits."""
         room, objects = self.room, self.room.objects
         points = origin + directions * t[:, None]
-        on_object = ids > 0
-        lit = on_object | on_floor
+        on_object, on_floor, on_wall = surface == OBJECT, surface == FLOOR, surface == WALL
+        lit = surface != SKY
         albedo = np.empty((len(t), 3))
         normal = np.zeros((len(t), 3))
         normal[on_floor, 2] = 1.0
         albedo[on_floor] = room.floor_albedo(points[on_floor])
+        if on_wall.any():
+            wall = points[on_wall]
+            on_x_wall = np.abs(wall[:, 0]) >= np.abs(wall[:, 1])
+            normal[on_wall, 0] = np.where(on_x_wall, -np.sign(wall[:, 0]), 0.0)  # facing inward
+            normal[on_wall, 1] = np.where(on_x_wall, 0.0, -np.sign(wall[:, 1]))
+            albedo[on_wall] = room.wall_albedo(wall)
         k = ids[on_object] - 1
         local = np.einsum("pji,pj->pi", objects.rotation[k], points[on_object] - objects.center[k])
         albedo[on_object] = room.object_albedo(ids[on_object], local)
@@ -292,6 +307,15 @@ def _hit_torus(o: np.ndarray, d: np.ndarray, p: np.ndarray) -> np.ndarray:
     q = o + t[:, None] * d
     distance = np.hypot(np.hypot(q[:, 0], q[:, 1]) - major, q[:, 2]) - minor
     return np.where((disc > 0) & (distance < _TORUS_TOLERANCE) & (t < t_exit), t, np.inf)
+
+
+def _hit_walls(walls: Walls, origin: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """Ray parameter at which rays from ``origin`` (inside the walls) leave through a wall; inf where they pass
+    over it or meet the floor first."""
+    d = np.where(np.abs(directions[:, :2]) < 1e-12, 1e-12, directions[:, :2])
+    t = ((np.sign(d) * walls.half_size - origin[:2]) / d).min(1)
+    z = origin[2] + t * directions[:, 2]
+    return np.where((z >= 0.0) & (z <= walls.height), t, np.inf)
 
 
 def _nearest(pix: np.ndarray, obj: np.ndarray, t: np.ndarray, size: int, num_objects: int):

@@ -2,10 +2,21 @@
 
 N objects of four shapes (sphere, box, cylinder upright or lying, and a non-convex torus) rest on a rug
 without overlapping; the rug's area grows with N so the clutter density stays the same. A sky dome with a
-skyline and a wooden floor form the background. Cameras sit on a dome-shaped shell around the scene and look
-inward; as in the paper their distance grows with the scene's extent and their focal length with the distance,
-so every image covers about the same floor area and so about the same number of objects (20-30 from 25 to
-500 objects; smaller rooms are seen whole, framed so that each object stays well visible at 64 pixels).
+skyline and a wooden floor form the background. The cameras follow one of four capture layouts
+(``CAMERA_LAYOUTS``):
+
+- ``dome`` (the paper's): cameras on a dome-shaped shell around the scene look inward; their distance grows
+  with the scene's extent and their focal length with the distance, so every image covers about the same floor
+  area and so about the same number of objects (20-30 from 25 to 500 objects; smaller rooms are seen whole,
+  framed so that each object stays well visible at 64 pixels).
+- ``forward`` (LLFF): a small grid of cameras at one edge of the rug, all looking the same way across it.
+- ``walkthrough`` (ScanNet): cameras at eye height walk a loop over the rug, each looking at a random spot of
+  the clutter around it, so the content surrounds the path.
+- ``panorama``: cameras at one point (1 cm jitter) turn through every heading, in two rows of pitch.
+
+The last three stand inside four textured walls around the rug, so that every ray meets a surface near the
+cameras (over the walls it meets the sky dome), and use a 60° field of view, as phones and ScanNet's camera
+do.
 
 World units are metres, +z is up and the rug is centred on the origin. Cameras use nerfstudio's OpenGL
 convention (looking down -z, +y up, camera-to-world matrices).
@@ -14,7 +25,7 @@ convention (looking down -z, +y up, camera-to-world matrices).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Literal, Optional, get_args
 
 import numpy as np
 from skimage.color import hsv2rgb
@@ -40,6 +51,17 @@ _SHELL = 0.1
 _ELEVATION_DEG = (25.0, 65.0)
 _PLACEMENT_BATCHES = 40
 _PLACEMENT_BATCH = 256
+
+CameraLayout = Literal["dome", "forward", "walkthrough", "panorama"]
+CAMERA_LAYOUTS = get_args(CameraLayout)
+# The layouts inside walls: horizontal field of view, walls' distance beyond the rug and their height (m).
+_FIELD_OF_VIEW_DEG = 60.0
+_WALL_GAP = 0.9
+_WALL_HEIGHT = 2.6
+_EYE_HEIGHT = (1.35, 1.65)
+# Walk-through: nearest floor distance a camera looks at (m), so it never stares straight down.
+_MIN_LOOK_DISTANCE = 0.7
+_TRIPOD_JITTER = 0.01
 
 
 @dataclass(frozen=True)
@@ -101,6 +123,18 @@ class Cameras:
 
 
 @dataclass(frozen=True)
+class Walls:
+    """Four walls standing on the floor around the rug, centred on the origin and facing inward."""
+
+    half_size: float
+    """Distance from the origin to each wall (m)."""
+    height: float
+    """Height of the walls (m); rays above them go on to the sky dome."""
+    colors: np.ndarray
+    """(3, 3) sRGB colours of the paint, the panelling below the rail, and the skirting and rail."""
+
+
+@dataclass(frozen=True)
 class MessyRoom:
     """A complete scene: objects, background, light and cameras."""
 
@@ -118,6 +152,8 @@ class MessyRoom:
     """(3, 3) sRGB colours of the rug's ground, pattern and border."""
     noise_seed: int
     """Seed of the procedural textures' hash."""
+    walls: Optional[Walls] = None
+    """The walls around the rug; None for the dome layout, which sees the open floor and the sky."""
 
     def object_albedo(self, ids: np.ndarray, local: np.ndarray) -> np.ndarray:
         """sRGB albedo (n, 3) of points ``local`` (object coordinates) on objects ``ids`` (1-based)."""
@@ -169,6 +205,31 @@ class MessyRoom:
         albedo[rug] = color * (0.8 + 0.4 * fibre)[:, None]
         return albedo
 
+    def wall_albedo(self, points: np.ndarray) -> np.ndarray:
+        """sRGB albedo (n, 3) of wall points: painted plaster with framed pictures, panelling below a rail."""
+        assert self.walls is not None
+        x, y, z = points[:, 0], points[:, 1], points[:, 2]
+        on_x_wall = np.abs(x) >= np.abs(y)
+        along = np.where(on_x_wall, y + 10.0 * np.sign(x), x + 30.0 * np.sign(y))  # distinct per wall
+        paint, panel, trim = self.walls.colors
+        blotch = _fbm(points * 2.5, self.noise_seed + 8)
+        albedo = paint * (0.8 + 0.35 * blotch)[:, None]
+        # Pictures: a row of frames whose canvas is coloured noise, so distant walls carry texture too.
+        slot = np.floor(along / 1.2).astype(np.int64)
+        inside = ((along / 1.2) % 1.0 > 0.25) & ((along / 1.2) % 1.0 < 0.75) & (z > 1.25) & (z < 1.85)
+        frame = inside & ~(((along / 1.2) % 1.0 > 0.27) & ((along / 1.2) % 1.0 < 0.73) & (z > 1.28) & (z < 1.82))
+        hue = _hash(slot, np.zeros_like(slot), np.full_like(slot, 3), self.noise_seed)
+        swirl = _fbm(points[inside] * 9.0, self.noise_seed + 10)
+        canvas = hsv2rgb(np.stack([(hue[inside] + 0.4 * swirl) % 1.0, np.full(swirl.shape, 0.6), 0.3 + 0.6 * swirl], 1))
+        albedo[inside] = canvas
+        albedo[frame] = trim * 0.6
+        low = z < 0.9
+        seam = (along % 0.5) < 0.015
+        albedo[low] = np.where(seam[low, None], panel * 0.5, panel * (0.85 + 0.25 * blotch[low, None]))
+        albedo[(z < 0.12) | ((z > 0.88) & (z < 0.93))] = trim
+        grain = _fbm(points * 60.0, self.noise_seed + 9)
+        return albedo * (0.8 + 0.4 * grain)[:, None]
+
     def sky_color(self, points: np.ndarray) -> np.ndarray:
         """sRGB colour (n, 3) of points on the dome: sky, clouds and a distant skyline."""
         direction = points / np.linalg.norm(points, axis=1, keepdims=True)
@@ -193,9 +254,11 @@ def make_room(
     seed: int,
     floor_size: Optional[float] = None,
     view_width: float = VIEW_WIDTH,
+    camera_layout: CameraLayout = "dome",
 ) -> MessyRoom:
-    """Lays out a random scene; the same arguments give the same scene. Each view covers about ``view_width``
-    metres of floor (at most the rug plus a margin).
+    """Lays out a random scene; the same arguments give the same scene, and the same seed the same objects in
+    every ``camera_layout``. In the dome layout each view covers about ``view_width`` metres of floor (at most
+    the rug plus a margin).
 
     Raises ValueError naming --num-objects / --floor-size when the objects do not fit the floor.
     """
@@ -212,9 +275,19 @@ def make_room(
     xy = _place(rng, footprint, floor_size, num_objects)
     center = np.concatenate([xy, lift[:, None]], 1)
     objects = SceneObjects(shape, center, rotation, params, radius, *_sample_textures(rng, num_objects))
-    view_width = min(view_width, _VIEW_MARGIN * floor_size)
     distance = _CAMERA_DISTANCE * floor_size
-    cameras = _sample_cameras(rng, num_views, resolution, floor_size, view_width, distance)
+    dome_radius = 2.2 * (1 + _SHELL) * distance
+    walls = None
+    if camera_layout == "dome":
+        view_width = min(view_width, _VIEW_MARGIN * floor_size)
+        cameras = _sample_cameras(rng, num_views, resolution, floor_size, view_width, distance)
+    else:
+        # A stream of its own, so the objects stay those of the dome layout with the same seed.
+        layout_rng = np.random.default_rng([seed, 2])
+        walls = _sample_walls(layout_rng, floor_size)
+        # The sky dome must enclose the walls.
+        dome_radius = max(dome_radius, 2.0 * float(np.hypot(np.sqrt(2.0) * walls.half_size, walls.height)))
+        cameras = _INSIDE_LAYOUTS[camera_layout](layout_rng, num_views, resolution, floor_size)
     sun_elevation, sun_azimuth = np.radians(rng.uniform(40, 65)), rng.uniform(0, 2 * np.pi)
     light = np.array(
         [
@@ -229,10 +302,11 @@ def make_room(
         objects=objects,
         cameras=cameras,
         floor_size=floor_size,
-        dome_radius=2.2 * (1 + _SHELL) * distance,
+        dome_radius=dome_radius,
         light_direction=light,
         rug_colors=rug,
         noise_seed=int(rng.integers(0, 2**31)),
+        walls=walls,
     )
 
 
@@ -357,14 +431,90 @@ def _sample_cameras(
     # Big rooms: aim anywhere over the rug so every part is seen; small rooms: aim near the centre.
     spread = max(0.0, floor_size / 2 - 0.4 * view_width) + 0.05 * view_width
     target = np.concatenate([rng.uniform(-spread, spread, (n, 2)), np.zeros((n, 1))], 1)
-    forward = target - position
-    forward /= np.linalg.norm(forward, axis=1, keepdims=True)
+    return Cameras(
+        camera_to_world=_look_along(position, target - position),
+        focal=resolution * distance / view_width,
+        resolution=resolution,
+    )
+
+
+def _look_along(position: np.ndarray, forward: np.ndarray) -> np.ndarray:
+    """(n, 4, 4) OpenGL camera-to-world matrices of cameras at ``position`` looking along ``forward``, level
+    (no roll)."""
+    forward = forward / np.linalg.norm(forward, axis=1, keepdims=True)
     right = np.cross(forward, [0.0, 0.0, 1.0])
     right /= np.linalg.norm(right, axis=1, keepdims=True)
     up = np.cross(right, forward)
-    c2w = np.tile(np.eye(4), (n, 1, 1))
+    c2w = np.tile(np.eye(4), (len(position), 1, 1))
     c2w[:, :3, 0], c2w[:, :3, 1], c2w[:, :3, 2], c2w[:, :3, 3] = right, up, -forward, position
-    return Cameras(camera_to_world=c2w, focal=resolution * distance / view_width, resolution=resolution)
+    return c2w
+
+
+def _sample_walls(rng: np.random.Generator, floor_size: float) -> Walls:
+    hue = rng.uniform()
+    colors = hsv2rgb(
+        np.array([[[hue, 0.15, 0.85], [(hue + 0.5) % 1, 0.35, 0.55], [(hue + 0.1) % 1, 0.3, 0.35]]])
+    )[0]
+    return Walls(half_size=floor_size / 2 + _RUG_MARGIN + _WALL_GAP, height=_WALL_HEIGHT, colors=colors)
+
+
+def _wide_focal(resolution: int) -> float:
+    return resolution / 2 / np.tan(np.radians(_FIELD_OF_VIEW_DEG) / 2)
+
+
+def _forward_cameras(rng: np.random.Generator, n: int, resolution: int, floor_size: float) -> Cameras:
+    """A grid (about twice as wide as high) in the cameras' image plane, just beyond one edge of the rug; all
+    cameras look the same way, down across the rug at its centre, give or take 2°."""
+    rug_half = floor_size / 2 + _RUG_MARGIN
+    height = min(1.6, 0.45 * floor_size + 0.65)
+    centre = np.array([0.0, -(rug_half + 0.4), height])
+    axis = _look_along(centre[None], -centre[None])[0]
+    width = float(np.clip(0.6 * floor_size, 0.4, 1.6))
+    columns = int(np.ceil(np.sqrt(2 * n)))
+    rows = int(np.ceil(n / columns))
+    u, v = np.meshgrid(np.linspace(-0.5, 0.5, columns) * width, np.linspace(-0.5, 0.5, rows) * width / 2)
+    spacing = width / max(columns - 1, 1)
+    offsets = np.stack([u.ravel(), v.ravel()], 1)[:n] + rng.normal(0, 0.05 * spacing, (n, 2))
+    position = centre + offsets[:, :1] * axis[:3, 0] + offsets[:, 1:] * axis[:3, 1]
+    forward = -axis[:3, 2] + rng.normal(0, np.radians(2.0), (n, 3))
+    return Cameras(camera_to_world=_look_along(position, forward), focal=_wide_focal(resolution), resolution=resolution)
+
+
+def _walkthrough_cameras(rng: np.random.Generator, n: int, resolution: int, floor_size: float) -> Cameras:
+    """Eye-height cameras walking a circle over the rug, in order; each looks at a random point of the rug, at
+    least ``_MIN_LOOK_DISTANCE`` away along the floor, so the views turn all around the path."""
+    radius = 0.3 * floor_size + 0.3
+    phase = 2 * np.pi * (np.arange(n) + rng.uniform(-0.3, 0.3, n)) / n
+    position = np.stack(
+        [radius * np.cos(phase), radius * np.sin(phase), rng.uniform(*_EYE_HEIGHT, n)], 1
+    )
+    rug_half = floor_size / 2 + _RUG_MARGIN
+    target = np.concatenate([rng.uniform(-rug_half, rug_half, (n, 2)), np.zeros((n, 1))], 1)
+    away = target[:, :2] - position[:, :2]
+    distance = np.linalg.norm(away, axis=1, keepdims=True)
+    heading = np.where(distance > 1e-6, away / np.maximum(distance, 1e-6), [[1.0, 0.0]])
+    target[:, :2] = position[:, :2] + heading * np.maximum(distance, _MIN_LOOK_DISTANCE)
+    return Cameras(
+        camera_to_world=_look_along(position, target - position), focal=_wide_focal(resolution), resolution=resolution
+    )
+
+
+def _panorama_cameras(rng: np.random.Generator, n: int, resolution: int, floor_size: float) -> Cameras:
+    """A tripod over the rug's centre turning through evenly spaced headings, alternately pitched 35° and 65°
+    down (the lower row sees the clutter around the tripod, the upper one the far floor and the walls)."""
+    height = float(np.clip(0.5 * floor_size + 0.5, 0.9, 1.6))
+    position = np.array([0.0, 0.0, height]) + rng.normal(0, _TRIPOD_JITTER, (n, 3))
+    heading = 2 * np.pi * np.arange(n) / n + rng.normal(0, np.radians(1.0), n)
+    pitch = np.radians(np.where(np.arange(n) % 2 == 0, 65.0, 35.0))
+    forward = np.stack([np.cos(pitch) * np.cos(heading), np.cos(pitch) * np.sin(heading), -np.sin(pitch)], 1)
+    return Cameras(camera_to_world=_look_along(position, forward), focal=_wide_focal(resolution), resolution=resolution)
+
+
+_INSIDE_LAYOUTS = {
+    "forward": _forward_cameras,
+    "walkthrough": _walkthrough_cameras,
+    "panorama": _panorama_cameras,
+}
 
 
 def _smoothstep(lo: float, hi: float, x: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ from contrastive_lift_ns.data.scene_format import (
 )
 from contrastive_lift_ns.drawing.images import contact_sheet, id_image
 from contrastive_lift_ns.generator.raycast import Renderer, View
-from contrastive_lift_ns.generator.room import VIEW_WIDTH, MessyRoom, make_room, scene_objects_json
+from contrastive_lift_ns.generator.room import VIEW_WIDTH, CameraLayout, MessyRoom, make_room, scene_objects_json
 from contrastive_lift_ns.generator.segmenter_noise import PRESETS, SegmenterNoiseConfig, simulate_segments
 from contrastive_lift_ns.segmenters import Segments
 from contrastive_lift_ns.segmenters.classical import classical_segments
@@ -64,8 +64,8 @@ class MakeSceneError(ValueError):
 
 @dataclass
 class MakeSceneConfig:
-    """Write a Messy-Rooms-style scene: textured objects on a rug, rendered from a dome of cameras, with
-    ground-truth instances and view-inconsistent 2D segments."""
+    """Write a Messy-Rooms-style scene: textured objects on a rug, rendered from a dome of cameras or another
+    capture layout, with ground-truth instances and depth, and view-inconsistent 2D segments."""
 
     output_dir: Path = Path("data/messy-room")
     """Folder to write the scene to; it must be empty or absent unless --overwrite is given."""
@@ -82,9 +82,15 @@ class MakeSceneConfig:
     ] = None
     """Side of the square the objects stand in, in metres (at most 14); by default it grows with --num-objects
     to keep the clutter density."""
+    camera_layout: CameraLayout = "dome"
+    """How the views are captured: dome (the paper's: an inward-looking dome of cameras over the open floor),
+    forward (LLFF: a small grid at one edge of the rug, all looking across it), walkthrough (ScanNet: eye-height
+    cameras walking a loop over the rug, looking all around) or panorama (one point, turning all around). All
+    but dome put walls around the rug and use a 60° field of view; the same seed gives the same objects in each."""
     view_width: float = VIEW_WIDTH
-    """Width of floor each view covers, in metres (at most the rug plus a margin): 1.5 shows 20-30 objects per
-    view, as the paper's Messy Rooms do; wider views show more objects, smaller, and each object in more views."""
+    """Width of floor each view covers, in metres (at most the rug plus a margin), in the dome layout only: 1.5
+    shows 20-30 objects per view, as the paper's Messy Rooms do; wider views show more objects, smaller, and
+    each object in more views."""
     preset: Literal["clean", "realistic", "hard"] = "realistic"
     """Error rates of the simulated segmenter; the rate flags below override single values."""
     miss_rate: _FromPreset = None
@@ -133,6 +139,7 @@ def make_scene(config: MakeSceneConfig, progress: bool = True) -> Path:
                 config.seed,
                 config.floor_size,
                 config.view_width,
+                config.camera_layout,
             )
         except ValueError as err:
             raise MakeSceneError(str(err)) from None
@@ -184,6 +191,8 @@ def _check(config: MakeSceneConfig) -> None:
         problems.append(f"--floor-size must be between 0 and {MAX_FLOOR:g} metres, got {config.floor_size}")
     if not 0.2 <= config.view_width <= 10:
         problems.append(f"--view-width must be between 0.2 and 10 metres, got {config.view_width}")
+    if config.camera_layout != "dome" and config.view_width != VIEW_WIDTH:
+        problems.append(f"--view-width only applies to --camera-layout dome, not {config.camera_layout}")
     if config.test_every < 2:
         problems.append(f"--test-every must be at least 2 so that some views are for training, got {config.test_every}")
     given = [name for name in _RATE_FLAGS if getattr(config, name) is not None]
@@ -241,6 +250,8 @@ def _transforms(
             "segmenter": config.segmenter,
             "preset": config.preset if config.segmenter == "simulated" else None,
             "noise": asdict(noise) if config.segmenter == "simulated" else None,
+            # Recorded only off the default, so dome scenes keep the bytes they had before layouts existed.
+            **({"camera_layout": config.camera_layout} if config.camera_layout != "dome" else {}),
         },
         "scene_objects": scene_objects_json(room),
         "frames": frames,

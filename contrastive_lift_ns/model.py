@@ -128,6 +128,23 @@ class ContrastiveLiftModelConfig(NerfactoModelConfig):
         positive = self.scene_cell_pixels is None or self.scene_cell_pixels > 0
         require(self, "scene_cell_pixels", positive, "must be positive")
 
+    def scene_grid_sizes(self) -> List[int]:
+        """The scene field's and proposal networks' (max_res, log2_hashmap_size), flattened (saved with the
+        model, since the cameras that set them may differ when a run is loaded for another split)."""
+        sizes = [self.max_res, self.log2_hashmap_size]
+        for args in self.proposal_net_args_list:
+            sizes += [args["max_res"], args["log2_hashmap_size"]]
+        return sizes
+
+    def with_scene_grids(self, sizes: List[int]) -> "ContrastiveLiftModelConfig":
+        """This configuration with the grid sizes of ``scene_grid_sizes``."""
+        pairs = [sizes[i : i + 2] for i in range(0, len(sizes), 2)]
+        proposals = [
+            {**args, "max_res": res, "log2_hashmap_size": log2}
+            for args, (res, log2) in zip(self.proposal_net_args_list, pairs[1:])
+        ]
+        return replace(self, max_res=pairs[0][0], log2_hashmap_size=pairs[0][1], proposal_net_args_list=proposals)
+
     def scene_grids(self, volume: LabelVolume) -> "ContrastiveLiftModelConfig":
         """This configuration with the scene field's and the proposal networks' grids grown for ``volume``.
 
@@ -167,9 +184,13 @@ class ContrastiveLiftModel(NerfactoModel):
             raise ValueError("contrastive-lift does not support --pipeline.model.predict-normals")
         workarounds.activate()  # checkpoints of this model load and its videos render
         volume = self.kwargs["metadata"]["label_volume"]
-        self.config = self.config.scene_grids(volume)
+        saved = getattr(self, "_saved_scene_grids", None)  # set when a checkpoint brings its own sizes
+        self.config = self.config.scene_grids(volume) if saved is None else self.config.with_scene_grids(saved)
         with workarounds.without_lpips():
             super().populate_modules()
+        self.register_buffer("scene_grid_sizes", torch.tensor(self.config.scene_grid_sizes()))
+        if saved is None:
+            self.register_load_state_dict_pre_hook(_take_saved_scene_grids)
         self.scene_classes: SceneClasses = self.kwargs["metadata"]["scene_classes"]
         self.step = 0
 
@@ -496,6 +517,17 @@ class ContrastiveLiftModel(NerfactoModel):
 def _listed(names) -> str:
     shown = ", ".join(list(names)[:5])
     return f"[{shown}{', …' if len(names) > 5 else ''}] ({len(names)} classes)"
+
+
+def _take_saved_scene_grids(model: "ContrastiveLiftModel", state_dict: Dict[str, Any], prefix: str, *args) -> None:
+    """A checkpoint brings its own scene grid sizes: the modules are rebuilt with them before its weights load."""
+    saved = state_dict.get(prefix + "scene_grid_sizes")
+    if saved is None or saved.tolist() == model.scene_grid_sizes.tolist():
+        return
+    device = model.scene_grid_sizes.device
+    model._saved_scene_grids = [int(v) for v in saved.tolist()]
+    model.populate_modules()
+    model.to(device)
 
 
 def surface_points(rays: RayBundle, outputs: Dict[str, Tensor]) -> Tensor:

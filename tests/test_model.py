@@ -263,3 +263,20 @@ def test_label_fields_resolve_the_objects_of_a_500_object_room(rooms):
         cell = 1.0 / (int(field.resolution) * stretch.min(-1).values)
         spans = sizes / cell
         assert spans.median() >= 4, (spans.median(), int(field.resolution))
+
+
+def test_a_checkpoint_brings_its_own_scene_grid_sizes():
+    """The cameras that size the scene grids can differ when a run is loaded (another split, moved cameras):
+    the model takes the sizes saved with the weights instead of failing on a size mismatch."""
+    fine = LabelVolume(center=(0.0, 0.0, 0.0), half_extent=(1.0, 1.0, 1.0), pixel_footprint=0.001)
+    trained = build_model()
+    trained.kwargs["metadata"]["label_volume"] = fine
+    config = trained.config
+    scene_box = SceneBox(aabb=torch.tensor([[-1.0, -1, -1], [1, 1, 1]]))
+    large = config.setup(
+        scene_box=scene_box, num_train_data=4, metadata={"scene_classes": SceneClasses(), "label_volume": fine}
+    )
+    assert large.config.max_res > trained.config.max_res
+    trained.load_state_dict(large.state_dict())
+    assert trained.scene_grid_sizes.tolist() == large.scene_grid_sizes.tolist()
+    assert trained.field.mlp_base.model[0].hash_table.shape == large.field.mlp_base.model[0].hash_table.shape

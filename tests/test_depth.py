@@ -91,7 +91,7 @@ def _depth_error(config: Path) -> float:
     (the median, as rays through still-empty space render depths near the far plane)."""
     pipeline = eval_setup(config, test_mode="test")[1]
     dataset = pipeline.datamanager.train_dataset
-    scale = float(dataset._dataparser_outputs.dataparser_scale)
+    scale = dataset.dataparser_scale
     errors = []
     for index in range(len(dataset)):
         camera = dataset.cameras[index : index + 1].to(pipeline.device)

@@ -78,6 +78,8 @@ class ContrastiveLiftDataset(InputDataset):
 
     def __init__(self, dataparser_outputs: DataparserOutputs, scale_factor: float = 1.0) -> None:
         super().__init__(dataparser_outputs, scale_factor)
+        self.dataparser_scale = float(dataparser_outputs.dataparser_scale)
+        """The dataparser's scale of the poses, which depth maps take too."""
         depth_files = self.metadata.get("depth_filenames")
         if depth_files is not None:
             for index, path in enumerate(depth_files):
@@ -117,7 +119,7 @@ class ContrastiveLiftDataset(InputDataset):
             out["confidence"] = _resize_nearest(confidence, size)
         depth_files = self.metadata.get("depth_filenames")
         if depth_files is not None:
-            scale = self.metadata["depth_unit_scale_factor"] * float(self._dataparser_outputs.dataparser_scale)
+            scale = self.metadata["depth_unit_scale_factor"] * self.dataparser_scale
             out[Batch.DEPTH] = get_depth_image_from_path(Path(depth_files[idx]), size[0], size[1], scale)
         gt_instance = labels("gt_instance", "gt_instance_path")
         if gt_instance is not None:

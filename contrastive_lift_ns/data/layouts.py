@@ -74,6 +74,8 @@ class LayoutDataParserConfig(DataParserConfig):
     """How to translate the poses (nerfstudio's camera_utils.auto_orient_and_center_poses)."""
     auto_scale_poses: bool = True
     """Scale the poses so that the camera origins fit in [-1, 1]."""
+    depth_unit_scale_factor: float = 1e-3
+    """Metres per unit of the optional depth/ maps (both data sets write millimetres)."""
 
 
 class LayoutDataParser(DataParser):
@@ -124,6 +126,17 @@ class LayoutDataParser(DataParser):
         files = {key: _checked(layout, key, indices) for key in split_label_keys(split)}
         scale_box = self.config.scene_scale
         scene_box = SceneBox(aabb=torch.tensor([[-scale_box] * 3, [scale_box] * 3], dtype=torch.float32))
+        metadata = label_metadata(
+            layout.classes,
+            files,
+            cameras,
+            scene_box,
+            [path.relative_to(self.config.data).as_posix() for path in images],
+            np.linalg.inv(np.diag([scale, scale, scale, 1.0]) @ np.vstack([transform.double().numpy(), [0, 0, 0, 1]])),
+        )
+        # Both data sets keep optional depth maps in depth/, one PNG per frame named as its image.
+        depth = label_files(self.config.data, "depth", [path.stem for path in images], ".png", required=False)
+        metadata.update(depth_filenames=depth, depth_unit_scale_factor=self.config.depth_unit_scale_factor)
         return DataparserOutputs(
             image_filenames=images,
             cameras=cameras,
@@ -132,16 +145,7 @@ class LayoutDataParser(DataParser):
             scene_box=scene_box,
             dataparser_scale=scale,
             dataparser_transform=transform,
-            metadata=label_metadata(
-                layout.classes,
-                files,
-                cameras,
-                scene_box,
-                [path.relative_to(self.config.data).as_posix() for path in images],
-                np.linalg.inv(
-                    np.diag([scale, scale, scale, 1.0]) @ np.vstack([transform.double().numpy(), [0, 0, 0, 1]])
-                ),
-            ),
+            metadata=metadata,
         )
 
 

@@ -20,10 +20,9 @@ read.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Type
+from typing import Type
 
 import numpy as np
-from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from scipy.spatial.transform import Rotation
 
@@ -47,21 +46,12 @@ class MessyRoomsDataParserConfig(LayoutDataParserConfig):
 
     _target: Type = field(default_factory=lambda: MessyRooms)
     """Target class to instantiate."""
-    depth_unit_scale_factor: float = 1e-3
-    """Metres per unit of the depth/ maps (the data set writes millimetres)."""
 
 
 class MessyRooms(LayoutDataParser):
     """Reads the Messy Rooms layout."""
 
     config: MessyRoomsDataParserConfig
-
-    def _generate_dataparser_outputs(self, split: str = "train", **kwargs: Any) -> DataparserOutputs:
-        outputs = super()._generate_dataparser_outputs(split, **kwargs)
-        names = [path.stem for path in outputs.image_filenames]
-        outputs.metadata["depth_filenames"] = label_files(self.config.data, "depth", names, ".png", required=False)
-        outputs.metadata["depth_unit_scale_factor"] = self.config.depth_unit_scale_factor
-        return outputs
 
     def _read_layout(self) -> Layout:
         root = self.config.data

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Tuple, Type
+from typing import Dict, List, Tuple, Type
 
 import numpy as np
-from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
 from contrastive_lift_ns.data import scene_format as sf
@@ -57,21 +56,12 @@ class PanopticLiftingDataParserConfig(LayoutDataParserConfig):
 
     _target: Type = field(default_factory=lambda: PanopticLifting)
     """Target class to instantiate."""
-    depth_unit_scale_factor: float = 1e-3
-    """Metres per unit of the depth/ maps (the data set writes millimetres)."""
 
 
 class PanopticLifting(LayoutDataParser):
     """Reads Panoptic Lifting's layout."""
 
     config: PanopticLiftingDataParserConfig
-
-    def _generate_dataparser_outputs(self, split: str = "train", **kwargs: Any) -> DataparserOutputs:
-        outputs = super()._generate_dataparser_outputs(split, **kwargs)
-        names = [path.stem for path in outputs.image_filenames]
-        outputs.metadata["depth_filenames"] = label_files(self.config.data, "depth", names, ".png", required=False)
-        outputs.metadata["depth_unit_scale_factor"] = self.config.depth_unit_scale_factor
-        return outputs
 
     def _read_layout(self) -> Layout:
         root = self.config.data

@@ -15,6 +15,7 @@ from nerfstudio.data.scene_box import SceneBox
 
 from contrastive_lift_ns.data.label_volume import LabelVolume, depth_points, label_volume
 from contrastive_lift_ns.fields.label_field import LabelField, LabelFieldConfig
+from contrastive_lift_ns.generator.room import make_room
 
 SIZE = (96, 72)  # image width, height
 _RAYS = (24, 18)  # rays per camera across and down the image that find the content
@@ -69,6 +70,18 @@ def dome(rng, count=25) -> Capture:
         direction = np.array([np.cos(azimuth) * flat, np.sin(azimuth) * flat, np.sin(elevation)])
         poses.append(_look(1.6 * side * direction, rng.normal(0, 0.1 * side, 3) * [1, 1, 0]))
     return Capture(np.stack(poses), boxes)
+
+
+def generated_room(rng, count=100) -> Capture:
+    """The cameras of a ``cl-make-scene`` room (the benchmark's: every camera aims at its own point of the floor)
+    around its objects, on a floor three rooms wide."""
+    room = make_room(count, round(0.8 * count), 128, seed=int(rng.integers(1000)))
+    centres, radius = room.objects.center, room.objects.radius[:, None]
+    boxes = [(c - r, c + r) for c, r in zip(centres, radius)]
+    side = 1.5 * room.floor_size
+    boxes.append((np.array([-side, -side, -0.05]), np.array([side, side, 0.0])))
+    fov = 2 * np.degrees(np.arctan(room.cameras.resolution / 2 / room.cameras.focal))
+    return Capture(room.cameras.camera_to_world, boxes, fov_deg=fov)
 
 
 def arc(rng) -> Capture:
@@ -158,6 +171,7 @@ def parallel(rng) -> Capture:
 LAYOUTS: Dict[str, Callable] = {
     "dome-25": dome,
     "dome-500": lambda rng: dome(rng, 500),
+    "generated-room": generated_room,
     "arc": arc,
     "forward": forward,
     "walk-along": walk_along,
@@ -232,6 +246,15 @@ CAMERA_ONLY = [name for name in LAYOUTS if name != "tripod"]
 def test_the_cameras_alone_give_a_box_that_holds_the_content(name):
     cameras, content = normalised(LAYOUTS[name](np.random.default_rng(0)))
     assert share_inside(label_volume(cameras, SCENE_BOX), content) >= 0.95
+
+
+@pytest.mark.parametrize("name", ["dome-25", "dome-500", "generated-room", "arc"])
+def test_an_inward_capture_gets_a_box_about_the_size_of_its_content(name):
+    """Cameras that look in see the content at about the distance they look at: the box holds it without
+    reaching far beyond it (cameras aiming at scattered points of the floor once stretched it 500-fold)."""
+    cameras, content = normalised(LAYOUTS[name](np.random.default_rng(0)))
+    half = np.asarray(label_volume(cameras, SCENE_BOX).half_extent)
+    assert half.max() <= 2.0 * np.ptp(content, axis=0).max() / 2, (half, np.ptp(content, axis=0) / 2)
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))

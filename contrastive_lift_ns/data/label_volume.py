@@ -15,7 +15,9 @@ The box comes from the best evidence of where the surfaces are (labels are built
   at that crossing (domes, arcs: the paper's captures); it sees in focus the part of its view frustum around
   that point, as deep as it is wide. Any other camera (forward-facing, walk-throughs, panoramas, rigs) may see
   content anywhere in its frustum up to the *parallax limit*: where the whole capture's spread shifts a point
-  by less than one pixel, beyond which no reconstruction can place it and the shell's coarse cells do. The
+  by less than one pixel, beyond which no reconstruction can place it and the shell's coarse cells do. A
+  camera without a focus that sees the focus points of others looks at what they look at (orbits whose cameras
+  aim at scattered points leave half of them without a consistent crossing). The
   box spans the 5th–95th percentiles of the cameras' boxes per axis, so a few stray frames do not stretch it.
   The footprint is at the crossing, or, without one, at the cameras' spread, the nearest content plausibly
   is (the grids then get as fine as their cap allows).
@@ -39,6 +41,8 @@ _MIN_CROSSINGS = 5  # a camera with fewer crossings has no reliable focus
 _FOCUS_SPREAD = 0.25  # a focus is consistent when the crossings' distances vary by less than this share (IQR)
 _PARALLAX_PIXELS = 1.0
 _FOCUS_RATIO = 2.0  # a camera with a focus sees in focus from half to twice its distance
+_MIN_BORROWED = 3  # focus points of others a camera must see to look where they look
+_INWARD_SHARE = 0.5  # when this share of the cameras has a focus, the capture looks inward: the rest are strays
 _CAMERA_PERCENTILE = 5.0
 _POINT_PERCENTILE = 1.0
 _FOOTPRINT_POINTS = 4096
@@ -115,9 +119,14 @@ def _camera_volume(c2w: np.ndarray, focal: np.ndarray, slopes: np.ndarray, sprea
     parallax limit; robust percentiles over the cameras."""
     origins, axes = c2w[:, :3, 3], -c2w[:, :3, 2]
     focus, distance = _focus(origins, axes, slopes.max(-1))
+    distance = _borrowed_focus(c2w, slopes, focus, distance)
     far = spread * np.median(focal) / _PARALLAX_PIXELS
+    # An inward capture (most cameras have a focus): the few that still have none are left out like stray frames.
+    inward = np.isfinite(distance).mean() >= _INWARD_SHARE
     lows, highs = [], []
     for c, pose in enumerate(c2w):
+        if inward and not np.isfinite(distance[c]):
+            continue
         focused = np.isfinite(distance[c])
         near, depth = (distance[c] / _FOCUS_RATIO, distance[c] * _FOCUS_RATIO) if focused else (0.0, far)
         corners = np.array([[x, y, -1.0] for x in (-1, 1) for y in (-1, 1)]) * np.append(slopes[c], 1.0)
@@ -129,6 +138,25 @@ def _camera_volume(c2w: np.ndarray, focal: np.ndarray, slopes: np.ndarray, sprea
     looked_at = np.where(np.isfinite(distance), distance, spread)
     footprint = float(np.median(looked_at / focal))
     return LabelVolume(_floats((low + high) / 2), _floats((high - low) / 2), footprint)
+
+
+def _borrowed_focus(c2w: np.ndarray, slopes: np.ndarray, focus: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """A camera without a focus of its own that sees the focus points of at least ``_MIN_BORROWED`` others looks
+    at what they look at: its distance is the median depth of those points in its view. In an orbit whose
+    cameras aim at scattered points, half the cameras may lack a consistent crossing, and their frusta out to
+    the parallax limit would otherwise stretch the box far beyond the room."""
+    focused = np.isfinite(distance)
+    points = focus[focused]
+    borrowed = distance.copy()
+    if len(points) < _MIN_CROSSINGS:
+        return borrowed
+    for c in np.flatnonzero(~focused):
+        local = (points - c2w[c, :3, 3]) @ c2w[c, :3, :3]  # camera coordinates; OpenGL cameras look down -z
+        depth = -local[:, 2]
+        seen = (depth > 0) & (np.abs(local[:, :2]) <= slopes[c] * depth[:, None]).all(-1)
+        if seen.sum() >= _MIN_BORROWED:
+            borrowed[c] = float(np.median(depth[seen]))
+    return borrowed
 
 
 def _focus(origins: np.ndarray, axes: np.ndarray, view_slope: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

@@ -37,6 +37,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
 from contrastive_lift_ns import workarounds
+from contrastive_lift_ns.clustering.corrections import Corrections
 from contrastive_lift_ns.clustering.instance_clusters import ClusteringConfig, InstanceClusters
 from contrastive_lift_ns.data.label_volume import LabelVolume
 from contrastive_lift_ns.data.scene_format import SceneClasses, SceneFormatError
@@ -207,6 +208,7 @@ class ContrastiveLiftModel(NerfactoModel):
             else None
         )
         self.clusters: InstanceClusters = self.config.clustering.setup(thing_classes=self.scene_classes.thing_ids)
+        self.corrections = Corrections()  # by hand, replayed on the clustering's ids; the pipeline keeps them
         self.isolated_id = 0  # the viewer's selected object; 0 shows all
         if self.config.pretrained_checkpoint is not None:
             self._load_pretrained(self.config.pretrained_checkpoint)
@@ -380,7 +382,7 @@ class ContrastiveLiftModel(NerfactoModel):
 
         ``instance_render`` is the embedding, or linear assignment's logits; ``positions`` (the pixels' surface
         points, ``surface_points``) tell apart the parts of a cluster split in space. Instance ids appear once
-        the model has been clustered (linear-assignment needs no clustering).
+        the model has been clustered (linear-assignment needs no clustering), with the hand corrections applied.
         """
         classes = semantic_logits.argmax(-1)
         images = {Output.SEMANTIC_CLASS: classes[..., None].float(), Output.SEMANTICS: id_colours(classes)}
@@ -389,6 +391,7 @@ class ContrastiveLiftModel(NerfactoModel):
             if not self.clusters.fitted:
                 return images
             ids = self.clusters.assign(instance_render, classes, positions)
+            ids = self.corrections.apply(ids, instance_render, positions)
         else:
             thing = torch.as_tensor(self.scene_classes.is_thing, device=classes.device)[classes]
             ids = torch.where(thing, instance_render.argmax(-1) + 1, torch.zeros_like(classes))

@@ -31,7 +31,11 @@ pixels unlabelled would only turn them into false negatives for PQ, while the ne
 the object the pixel belongs to.
 
 Ids are stable across re-clusterings: new centroids are matched to the previous ones (Hungarian matching on
-distance) and keep their ids, so the viewer's colours do not shuffle while training goes on.
+distance) and keep their ids, so the viewer's colours do not shuffle while training goes on. Fresh ids start
+above ``reserved_ids``, the ids that hand corrections gave the parts of split objects (``corrections.py``).
+
+Each object also keeps its size in sampled pixels and a confidence in [0, 1] (``confidence.py``), both from the
+sample it was fitted on.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 from torch import Tensor, nn
 
+from contrastive_lift_ns.clustering.confidence import object_confidence
 from contrastive_lift_ns.clustering.spatial_split import anchors, spatial_parts
 from contrastive_lift_ns.evaluation.panoptic_quality import panoptic_quality
 from contrastive_lift_ns.validation import require
@@ -92,7 +97,8 @@ class InstanceClusters(nn.Module):
     """The cached objects, saved in checkpoints through ``get_extra_state``; their number varies.
 
     One row per object: its embedding centroid, class, id, cluster (``groups``: the parts of a split cluster
-    share a group and a centroid) and 3D position; plus the anchors (3D points) of the parts of split clusters.
+    share a group and a centroid), 3D position, size (sampled pixels) and confidence; plus the anchors (3D
+    points) of the parts of split clusters.
     """
 
     def __init__(self, config: ClusteringConfig, thing_classes: Sequence[int]) -> None:
@@ -106,6 +112,10 @@ class InstanceClusters(nn.Module):
         self.positions = torch.empty(0, 3)
         self.anchors = torch.empty(0, 3)
         self.anchor_objects = torch.empty(0, dtype=torch.long)
+        self.sizes = torch.empty(0, dtype=torch.long)
+        self.confidence = torch.empty(0)
+        self.reserved_ids = 0
+        """Ids up to this one are taken outside the clustering (by hand corrections); fresh ids start above."""
         self.min_cluster_sizes: Dict[int, int] = {}
         """The min_cluster_size each thing class was clustered with last (chosen or given)."""
 
@@ -161,6 +171,7 @@ class InstanceClusters(nn.Module):
                 "score": score,
             }
         self._set_objects(objects, embeddings.shape[-1])
+        self._rate(embeddings, classes, positions, segments, views)
         self.min_cluster_sizes = {thing: stat["min_cluster_size"] for thing, stat in stats.items()}
         return stats
 
@@ -185,6 +196,20 @@ class InstanceClusters(nn.Module):
             torch.cat(anchor_objects) if split else torch.zeros(0, dtype=torch.long),
         )
 
+    def _rate(
+        self, embeddings: Tensor, classes: Tensor, positions: Optional[Tensor], segments: Optional[Tensor], views
+    ) -> None:
+        """Each object's size in the sampled pixels (as ``assign`` labels them) and its confidence."""
+        ids = _numpy(self.assign(embeddings, classes, positions))
+        groups = dict(zip(self.ids.tolist(), self.groups.tolist()))
+        rated = object_confidence(
+            ids, _numpy(embeddings).astype(np.float64), _numpy(classes), _numpy(segments), _numpy(views), groups
+        )
+        rows = [rated.get(i, (0, 0.0)) for i in self.ids.tolist()]
+        device = self.centroids.device
+        self.sizes = torch.tensor([r[0] for r in rows], dtype=torch.long, device=device)
+        self.confidence = torch.tensor([r[1] for r in rows], dtype=torch.float32, device=device)
+
     def _stable_ids(self, centroids: Tensor, classes: Tensor, positions: Tensor) -> Tensor:
         """Reuse the id of the previous object each new one is matched to (by embedding, and by 3D position
         where both have one, which tells the parts of a split cluster apart); fresh ids for the rest."""
@@ -201,11 +226,11 @@ class InstanceClusters(nn.Module):
                     rows, cols = linear_sum_assignment(cost)
                     ids[new_idx[rows]] = old_ids[old_idx[cols]]
         fresh = torch.nonzero(ids == 0)[:, 0]
-        start = int(torch.cat([ids, self.ids.cpu(), torch.zeros(1, dtype=torch.long)]).max()) + 1
+        start = int(torch.cat([ids, self.ids.cpu(), torch.tensor([self.reserved_ids])]).max()) + 1
         ids[fresh] = torch.arange(start, start + len(fresh))
         return ids
 
-    _STATE = ("centroids", "classes", "ids", "groups", "positions", "anchors", "anchor_objects")
+    _STATE = ("centroids", "classes", "ids", "groups", "positions", "anchors", "anchor_objects", "sizes", "confidence")
 
     def _set(self, *values: Tensor) -> None:
         device = self.centroids.device
@@ -260,9 +285,15 @@ class InstanceClusters(nn.Module):
             "positions": torch.full((count, 3), math.nan),
             "anchors": torch.zeros(0, 3),
             "anchor_objects": torch.zeros(0, dtype=torch.long),
+            "sizes": torch.zeros(count, dtype=torch.long),  # and from before the confidence: unknown
+            "confidence": torch.full((count,), math.nan),
         }
         self._set(*(state[name] if name in state else defaults[name] for name in self._STATE))
         self.min_cluster_sizes = dict(state.get("min_cluster_sizes", {}))
+
+
+def _numpy(values: Optional[Tensor]) -> Optional[np.ndarray]:
+    return None if values is None else values.detach().cpu().numpy()
 
 
 def _objects(

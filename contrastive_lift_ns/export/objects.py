@@ -9,12 +9,15 @@ within a class).
 Visibility: an object counts as visible in a training view if at least ``min_view_points`` of its points were
 sampled from that view. Views are sampled uniformly, so this finds the views in which it covers at least
 about ``min_view_points / rays per view`` of the image (and is not hidden: points are first surfaces).
+
+Confidence: the model's own, from its clustering (``clustering/confidence.py``), after the hand corrections.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -50,6 +53,9 @@ class ExportedObject:
     """The object's palette colour (the viewer's), RGB 0-255."""
     views: List[str]
     """The training views (``file_path`` of their frames) in which the object is visible."""
+    confidence: Optional[float] = None
+    """How far to trust the object, in [0, 1] (``clustering/confidence.py``); null where the model has none
+    (linear-assignment-lift, or a checkpoint from before confidences)."""
 
     def row(self) -> Dict[str, Any]:
         return asdict(self)
@@ -61,9 +67,11 @@ def find_objects(
     view_names: Sequence[str],
     min_points: int,
     min_view_points: int,
+    confidence: Optional[Dict[int, float]] = None,
 ) -> Tuple[List[ExportedObject], LabelledPoints]:
     """The objects with at least ``min_points`` points, by id, and the points relabelled to match them: detached
-    parts and objects with fewer points get id 0, so every id left in the points has its row."""
+    parts and objects with fewer points get id 0, so every id left in the points has its row. ``confidence``
+    gives each id's confidence (none: null)."""
     instance = points.instance.copy()
     for object_id in np.unique(instance[instance > 0]):
         member = np.nonzero(instance == object_id)[0]
@@ -87,6 +95,7 @@ def find_objects(
                 bbox_max=_floats(member.xyz.max(0)),
                 colour=(id_colours(torch.tensor(object_id)) * 255).round().int().tolist(),
                 views=[view_names[v] for v in np.nonzero(per_view >= min_view_points)[0]],
+                confidence=_confidence((confidence or {}).get(object_id)),
             )
         )
     return objects, points
@@ -105,6 +114,10 @@ def _largest_part(xyz: np.ndarray) -> np.ndarray:
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(xyz), len(xyz)))
     parts = connected_components(graph, directed=False)[1]
     return parts == np.bincount(parts).argmax()
+
+
+def _confidence(value: Optional[float]) -> Optional[float]:
+    return None if value is None or math.isnan(value) else round(float(value), 4)
 
 
 def _floats(values: np.ndarray) -> List[float]:

@@ -1,5 +1,6 @@
 """``cl-eval``: score a trained model's test views: PQ^scene, per-frame PQ and mIoU against ground truth, and,
 with or without ground truth, PSNR and the multi-view consistency of the lifted instances and of the 2D segments.
+The run's hand corrections (``corrections.json`` beside config.yml) are applied; the report says how many.
 
 Example::
 
@@ -79,6 +80,7 @@ class EvalConfig:
             "config": str(self.load_config),
             "method": config.method_name,
             "num_views": len(pipeline.datamanager.eval_dataset),
+            **_corrections(pipeline),
             "seconds": round(time.perf_counter() - start, 2),
         }
         missing = missing_ground_truth(pipeline)
@@ -87,6 +89,10 @@ class EvalConfig:
         self.output_path.parent.mkdir(parents=True, exist_ok=True)
         write_metrics(self.output_path, report)
         _print_table(report)
+        if report["corrections"]:
+            CONSOLE.print(f"Scored with {report['corrections']} hand corrections from {report['corrections_file']}")
+        else:
+            CONSOLE.print("Scored without hand corrections")
         if missing:
             CONSOLE.print(
                 f"No ground truth in the test views ({', '.join(missing)} missing in transforms.json): PQ and mIoU "
@@ -99,6 +105,12 @@ class EvalConfig:
                 f"pixels): pq_scene_authors_filter {report['pq_scene_authors_filter']:.4f} leaves them out, while "
                 f"pq_scene scores them (a missed class counts 0).[/yellow]"
             )
+
+
+def _corrections(pipeline) -> Dict[str, Any]:
+    """How many hand corrections were applied (``corrections``, 0 for none), and from which file."""
+    applied = len(pipeline.model.corrections) if pipeline.model.uses_clustering else 0
+    return {"corrections": applied, "corrections_file": str(pipeline.corrections_path) if applied else None}
 
 
 def write_metrics(path: Path, report: Dict[str, Any]) -> None:

@@ -10,7 +10,10 @@ Writes, atomically (a failed run leaves nothing at --output-dir):
 
 - ``scene.ply``: every point, with x, y, z, red, green, blue, instance (0: no object) and semantic_class;
 - ``objects/<id>.ply``: the points of each object;
-- ``objects.json``: one row per object (``ExportedObject``).
+- ``objects.json``: one row per object (``ExportedObject``), with its confidence.
+
+The run's hand corrections (``corrections.json`` beside config.yml, made in the viewer) are applied: a merge
+exports one object, a deleted object none.
 
 Positions are in the coordinates of the poses in the scene's transforms.json, not nerfstudio's normalised ones.
 """
@@ -22,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+import numpy as np
 import tyro
 from nerfstudio.utils.rich_utils import CONSOLE
 from rich.markup import escape
@@ -39,7 +43,6 @@ from contrastive_lift_ns.export.point_cloud import (
     transform_points,
     vote_labels,
 )
-from contrastive_lift_ns.model import ContrastiveLiftModel
 from contrastive_lift_ns.pipeline import ContrastiveLiftPipeline
 from contrastive_lift_ns.scripts.cli import RunError, check_writable, load_run, run_command
 
@@ -72,9 +75,14 @@ class ExportConfig:
     crop: bool = True
     """Keep only points inside the model's scene box; beyond it lies the contracted background (sky, far
     walls), whose depth is unreliable."""
+    min_confidence: float = 0.0
+    """Leave out of objects/ and objects.json the objects whose confidence (objects.json's ``confidence``, in
+    [0, 1]) is below this; their points get instance 0 in scene.ply. Objects without a confidence (a checkpoint
+    from before confidences) are kept. 0 keeps every object."""
     recluster: bool = False
-    """Cluster the instance embeddings again before exporting (the checkpoint is not changed), e.g. for a run
-    that stopped before its first clustering. linear-assignment-lift has nothing to cluster and ignores it."""
+    """Cluster the instance embeddings again before exporting (neither the checkpoint nor the corrections file
+    is changed), e.g. for a run that stopped before its first clustering. linear-assignment-lift has nothing to
+    cluster and ignores it."""
     seed: int = 0
     """Seed of the pixel sampling."""
     overwrite: bool = False
@@ -90,15 +98,20 @@ class ExportConfig:
             )
         model = pipeline.model
         if self.recluster and model.uses_clustering and step >= model.config.instance_loss_start_step:
-            pipeline.recluster()
+            pipeline.recluster(save_corrections=False)
         reason = model.objects_unavailable(step)
         if reason is not None:
             hint = "; or pass --recluster to cluster it now" if model.uses_clustering and "clustered" in reason else ""
             raise ExportError(f"--load-config {self.load_config}: {reason}{hint}")
-        wanted = self._wanted_ids(model)
+        if self.min_confidence > 0 and not model.uses_clustering:
+            raise ExportError("--min-confidence: linear-assignment-lift has no clustering, so no confidences")
+        confidence = {i: c for i, _, c in pipeline.objects()} if model.uses_clustering else {}
+        doubtful = sorted(i for i, c in confidence.items() if c < self.min_confidence)
+        wanted = self._wanted_ids(pipeline, doubtful)
         points, view_names = self._points(pipeline)
+        points = replace(points, instance=np.where(np.isin(points.instance, doubtful), 0, points.instance))
         objects, points = find_objects(
-            points, model.scene_classes.names, view_names, self.min_points, self.min_view_points
+            points, model.scene_classes.names, view_names, self.min_points, self.min_view_points, confidence
         )
         if wanted is not None:
             found = {o.id for o in objects}
@@ -119,6 +132,8 @@ class ExportConfig:
         for flag in ("num_points", "min_points", "min_view_points"):
             if getattr(self, flag) < 1:
                 raise ExportError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(self, flag)}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ExportError(f"--min-confidence must lie in [0, 1], got {self.min_confidence}")
         self._requested_ids()
 
     def _requested_ids(self) -> Optional[List[int]]:
@@ -135,18 +150,24 @@ class ExportConfig:
             raise ExportError("--objects needs at least one id (or 'all')")
         return ids
 
-    def _wanted_ids(self, model: ContrastiveLiftModel) -> Optional[List[int]]:
-        """The requested ids, checked against the model's objects before any rendering."""
+    def _wanted_ids(self, pipeline: ContrastiveLiftPipeline, doubtful: List[int]) -> Optional[List[int]]:
+        """The requested ids, checked against the model's (corrected) objects before any rendering."""
         wanted = self._requested_ids()
         if wanted is None:
             return None
+        model = pipeline.model
         if model.uses_clustering:
-            valid = sorted(model.clusters.ids.tolist())
+            valid = [i for i, _, _ in pipeline.objects()]
         else:
             valid = list(range(1, model.config.max_instances + 1))
         unknown = [i for i in wanted if i not in valid]
         if unknown:
             raise ExportError(f"--objects: no object {_ids(unknown)} in this model; its objects are {_ids(valid)}")
+        below = [i for i in wanted if i in doubtful]
+        if below:
+            raise ExportError(
+                f"--objects: {_ids(below)} have a confidence below --min-confidence {self.min_confidence}; lower it"
+            )
         return wanted
 
     def _points(self, pipeline: ContrastiveLiftPipeline) -> Tuple[LabelledPoints, List[str]]:
@@ -191,11 +212,12 @@ def _ids(ids: List[int]) -> str:
 
 def _print_table(objects: List[ExportedObject], num_points: int, output_dir: Path, seconds: float) -> None:
     table = Table(title=f"cl-export: {len(objects)} objects, {num_points} points → {escape(str(output_dir))}")
-    for column in ("id", "class", "points", "centroid", "views"):
+    for column in ("id", "class", "points", "centroid", "views", "confidence"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for o in objects:
         centroid = ", ".join(f"{v:.3f}" for v in o.centroid)
-        table.add_row(str(o.id), o.class_name, str(o.num_points), centroid, str(len(o.views)))
+        confidence = "-" if o.confidence is None else f"{o.confidence:.2f}"
+        table.add_row(str(o.id), o.class_name, str(o.num_points), centroid, str(len(o.views)), confidence)
     CONSOLE.print(table)
     CONSOLE.print(f"Done in {seconds:.1f} s")
 

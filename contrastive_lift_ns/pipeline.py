@@ -137,6 +137,7 @@ class ContrastiveLiftPipeline(VanillaPipeline):
                 CONSOLE.print(f"[yellow]After the re-clustering, {dropped}: left out of the corrections")
             if save_corrections:
                 self._save_corrections()
+        self.viewer_controls.refresh_objects()
         return stats
 
     def _fit(self, num_pixels: Optional[int], seed: Optional[int], min_cluster_size: Optional[int]) -> Dict[str, Any]:
@@ -190,6 +191,8 @@ class ContrastiveLiftPipeline(VanillaPipeline):
         self._reserve_ids()
         if len(corrections):
             CONSOLE.print(f"Applying {len(corrections)} hand corrections from {path}")
+        if self.model.clusters.fitted:
+            self.viewer_controls.refresh_objects()
 
     def merge_objects(self, ids: Sequence[int]) -> str:
         """Merges objects into one (the smallest id); returns what was done, for the viewer."""

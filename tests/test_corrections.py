@@ -13,6 +13,7 @@ from contrastive_lift_ns.clustering.corrections import ClusterSample, Correction
 from contrastive_lift_ns.clustering.instance_clusters import ClusteringConfig
 from contrastive_lift_ns.data.scene_format import read_label_map
 from contrastive_lift_ns.generator.writer import MakeSceneConfig, make_scene
+from contrastive_lift_ns.keys import Batch, Output
 from contrastive_lift_ns.scripts import eval as eval_script
 from contrastive_lift_ns.scripts import export as export_script
 from contrastive_lift_ns.scripts.cli import load_run
@@ -258,3 +259,54 @@ def test_a_corrupt_or_unknown_corrections_file_is_named_and_the_run_opens_withou
         assert len(pipeline.model.corrections) == 0 and str(path) in out and "9999" in out
     finally:
         path.unlink(missing_ok=True)
+
+
+def _rendered_ids(pipeline) -> np.ndarray:
+    """The instance ids of every training view (a split divides the object where the training views see it)."""
+    cameras = pipeline.datamanager.train_dataset.cameras
+    renders = [pipeline.model.get_outputs_for_camera(cameras[i : i + 1]) for i in range(len(cameras))]
+    return np.stack([r[Output.INSTANCE_ID][..., 0].long().numpy() for r in renders])
+
+
+def test_split_delete_and_undo_on_a_trained_scene(tiny_run):
+    _, pipeline, _ = load_run(tiny_run)
+    try:
+        big = max(pipeline.objects(), key=lambda row: row[1])[0]
+        before = _rendered_ids(pipeline)
+        pipeline.split_object(big, 2)
+        parts = set(np.unique(_rendered_ids(pipeline)[before == big]).tolist())
+        assert len(parts - {0}) >= 2 and big in parts
+        pipeline.undo_correction()
+        assert np.array_equal(_rendered_ids(pipeline), before)
+        pipeline.delete_object(big)
+        deleted = _rendered_ids(pipeline)
+        assert (deleted[before == big] == 0).all() and np.array_equal(deleted[before != big], before[before != big])
+        pipeline.undo_correction()
+        assert np.array_equal(_rendered_ids(pipeline), before)
+    finally:
+        pipeline.corrections_path.unlink(missing_ok=True)
+
+
+def test_confidence_is_higher_for_matched_objects_than_for_unmatched_ones(trained_run):
+    _, pipeline, _ = load_run(trained_run.config)
+    pipeline.recluster(min_cluster_size=8, save_corrections=False)  # small sizes add fragments: unmatched objects
+    predicted, gt = [], []
+    for camera, batch in pipeline.datamanager.fixed_indices_eval_dataloader:
+        predicted.append(pipeline.model.get_outputs_for_camera(camera)[Output.INSTANCE_ID][..., 0].long().numpy())
+        gt.append(batch[Batch.GT_INSTANCE][..., 0].long().numpy())
+    predicted, gt = np.stack(predicted), np.stack(gt)
+    matched = {
+        i for i in np.unique(predicted[predicted > 0]).tolist()
+        if any(_iou(predicted == i, gt == g) > 0.5 for g in np.unique(gt[predicted == i]).tolist() if g > 0)
+    }  # fmt: skip
+    confidence = {i: c for i, _, c in pipeline.objects()}
+    right = [confidence[i] for i in matched]
+    wrong = [c for i, c in confidence.items() if i not in matched]
+    assert right and len(wrong) >= 3, (right, wrong)
+    # AUC: how often a matched object is more confident than an unmatched one
+    auc = np.mean([r > w for r in right for w in wrong])
+    assert auc > 0.75, (auc, right, wrong)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))

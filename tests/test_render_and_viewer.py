@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -10,12 +12,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from contrastive_lift_ns.drawing.palette import PALETTE
+from contrastive_lift_ns.keys import Output
+from contrastive_lift_ns.scripts.cli import load_run
+from contrastive_lift_ns.scripts.export import ExportConfig
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -63,18 +69,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.browser
-def test_viewer_shows_the_instance_output_in_chromium(trained_run, tmp_path):
+@contextlib.contextmanager
+def _viewer_in_chromium(config: Path, tmp_path: Path):
+    """An ns-viewer of the run and a headless Chromium on its page; yields (browser, a 120 s wait)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
     assert chromium and chromedriver, "Debian's chromium and chromium-driver are installed by `make test`"
     port = _free_port()
     viewer = subprocess.Popen(
-        [str(BIN / "ns-viewer"), "--load-config", str(trained_run.config), "--viewer.websocket-host", "127.0.0.1",
+        [str(BIN / "ns-viewer"), "--load-config", str(config), "--viewer.websocket-host", "127.0.0.1",
          "--viewer.websocket-port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, start_new_session=True,
     )  # fmt: skip
@@ -97,9 +103,40 @@ def test_viewer_shows_the_instance_output_in_chromium(trained_run, tmp_path):
                 time.sleep(1)
         browser = webdriver.Chrome(service=Service(chromedriver), options=options)
         browser.get(f"http://127.0.0.1:{port}")
-        wait = WebDriverWait(browser, 120)
-        label = wait.until(lambda b: b.find_element(By.XPATH, "//label[text()='Output type']"))
-        browser.find_element(By.ID, label.get_attribute("for")).click()
+        yield browser, WebDriverWait(browser, 120)
+    finally:
+        if browser is not None:
+            browser.quit()
+        os.killpg(viewer.pid, signal.SIGTERM)
+        viewer.wait(timeout=30)
+
+
+def _labelled(browser, wait, label: str):
+    """The input element of a GUI field with this label."""
+    from selenium.webdriver.common.by import By
+
+    found = wait.until(lambda b: b.find_element(By.XPATH, f"//label[text()='{label}']"))
+    return browser.find_element(By.ID, found.get_attribute("for"))
+
+
+def _options(browser, wait, label: str) -> List[str]:
+    """The texts of a dropdown's options (it is opened to read them, then closed)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    _labelled(browser, wait, label).click()
+    # only the open dropdown's options show text (other dropdowns' may linger in the page, hidden)
+    texts = wait.until(lambda b: [o.text for o in b.find_elements(By.XPATH, "//*[@role='option']") if o.text])
+    browser.switch_to.active_element.send_keys(Keys.ESCAPE)
+    return texts
+
+
+@pytest.mark.browser
+def test_viewer_shows_the_instance_output_in_chromium(trained_run, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    with _viewer_in_chromium(trained_run.config, tmp_path) as (browser, wait):
+        _labelled(browser, wait, "Output type").click()
         option = wait.until(
             lambda b: [o for o in b.find_elements(By.XPATH, "//*[@role='option']") if o.text == "instance"]
         )
@@ -116,8 +153,49 @@ def test_viewer_shows_the_instance_output_in_chromium(trained_run, tmp_path):
             if colours >= 3:
                 break
         assert colours >= 3, f"only {colours} palette colours in the render area (see {shot})"
+
+
+_OBJECTS = "Objects (id · pixels · confidence)"
+
+
+@pytest.mark.browser
+def test_a_merge_in_the_viewer_is_rendered_kept_on_reopening_and_exported_as_one_object(trained_run, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    _, pipeline, _ = load_run(trained_run.config)
+    (a, *_), (b, *_) = sorted(pipeline.objects(), key=lambda row: -row[1])[:2]  # the two largest objects
+    kept, gone = min(a, b), max(a, b)
+    path = pipeline.corrections_path
+    assert path is not None and not path.exists()
+    try:
+        with _viewer_in_chromium(trained_run.config, tmp_path) as (browser, wait):
+            listed = _options(browser, wait, _OBJECTS)
+            assert {kept, gone} <= {int(row.split(" ")[0]) for row in listed[1:]}
+            selection = _labelled(browser, wait, "Selected objects")
+            selection.send_keys(f"{a}, {b}", Keys.TAB)
+            time.sleep(1)  # the text reaches the viewer before the button's click
+            browser.find_element(By.XPATH, "//*[text()='Merge selected']").click()
+            wait.until(lambda _: path.exists())
+        assert json.loads(path.read_text())["corrections"] == [{"op": "merge", "ids": [kept, gone]}]
+
+        # the rendered ids show one object: the merged id is gone, the kept one covers both
+        _, pipeline, _ = load_run(trained_run.config)
+        rendered = np.concatenate(
+            [pipeline.model.get_outputs_for_camera(camera)[Output.INSTANCE_ID].long().ravel().numpy()
+             for camera, _ in pipeline.datamanager.fixed_indices_eval_dataloader]
+        )  # fmt: skip
+        assert gone not in rendered and kept in rendered
+
+        # a reopened viewer lists the merged object once
+        with _viewer_in_chromium(trained_run.config, tmp_path) as (browser, wait):
+            listed = {int(row.split(" ")[0]) for row in _options(browser, wait, _OBJECTS)[1:]}
+        assert kept in listed and gone not in listed
+
+        # cl-export writes one object for the two
+        export = tmp_path / "export"
+        ExportConfig(load_config=trained_run.config, output_dir=export, num_points=20_000).main()
+        exported = {o["id"] for o in json.loads((export / "objects.json").read_text())["objects"]}
+        assert kept in exported and gone not in exported
     finally:
-        if browser is not None:
-            browser.quit()
-        os.killpg(viewer.pid, signal.SIGTERM)
-        viewer.wait(timeout=30)
+        path.unlink(missing_ok=True)

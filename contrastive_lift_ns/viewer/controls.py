@@ -103,7 +103,6 @@ class ClusteringControls(nn.Module):
 
     def _recluster(self) -> None:
         self._actions.recluster(int(self.b_min_cluster_size.value) or None)  # 0: configured or automatic
-        self.refresh_objects()
 
     def _arm_picker(self) -> None:
         """The next click in the scene highlights the object under the cursor and adds it to the selection."""
@@ -142,7 +141,7 @@ class ClusteringControls(nn.Module):
         self.refresh_objects()
 
     def refresh_objects(self) -> None:
-        """Lists the current objects in the dropdown."""
+        """Lists the current objects in the dropdown (the pipeline calls it after every clustering)."""
         rows = [f"{i} · {size} · {confidence:.2f}" for i, size, confidence in self._actions.objects()]
         self.k_objects.set_options([_ALL, *rows])
 

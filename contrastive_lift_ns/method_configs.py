@@ -56,6 +56,10 @@ def trainer_config(method_name: str, instance_loss: InstanceLoss, small: bool = 
         model.instance_field = LabelFieldConfig(num_levels=8, log2_hashmap_size=16)
         model.semantic_field = LabelFieldConfig(num_levels=8, log2_hashmap_size=16)
         model.label_samples_per_ray = 2
+        # Measured on the 100-object room in a CPU-length run (docs/benchmarks/lift-bisect-cpu-2026-12-02.md):
+        # grids grown with the room train too slowly (PQ^scene 66.7 vs 77.9 with fixed grids), and so does a
+        # scene decay to 1e-4 (73.7): the small preset keeps fixed grids and a nearly flat scene rate.
+        model.scene_cell_pixels = None
         # Per-image appearance codes let wrong geometry explain the images where a surface is in few views (a
         # 100-object room: test PSNR 13.6 with them, 17.5 without); generated scenes have constant lighting.
         model.use_appearance_embedding = False
@@ -83,8 +87,8 @@ def trainer_config(method_name: str, instance_loss: InstanceLoss, small: bool = 
             model=model,
         ),
         optimizers={
-            "proposal_networks": _optimizer(1e-2, 1e-4, steps),
-            "fields": _optimizer(1e-2, 1e-4, steps),
+            "proposal_networks": _optimizer(1e-2, 9e-3 if small else 1e-4, steps),
+            "fields": _optimizer(1e-2, 9e-3 if small else 1e-4, steps),
             "camera_opt": _optimizer(1e-3, 1e-4, steps),
             # The trainer fits every decay to the run, and the label fields' to their stages (loss start to last step).
             "semantic_field": _optimizer(1e-2, 1e-3, steps),

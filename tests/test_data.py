@@ -152,6 +152,23 @@ def test_uniform_rays_still_cover_pixels_without_a_segment(flat_scene):
     assert (out[Batch.SEGMENTS][:, 0] == 0).float().mean() > 0.2  # half of each flat image has no segment
 
 
+def test_balanced_instance_rays_give_a_small_segment_its_share():
+    """Uniform over segment pixels, a 4-pixel object beside a 1,020-pixel one gets about 0.4 % of the rays;
+    balanced over the segments it gets about half, and both kinds stay on segment pixels."""
+    segments = torch.zeros(1, 40, 40, dtype=torch.long)
+    segments[0, :30, :34] = 7  # 1,020 px
+    segments[0, 35:37, 35:37] = 3  # 4 px
+    torch.manual_seed(0)
+    share = {}
+    for balance in (0.0, 1.0):
+        sampler = ContrastivePixelSamplerConfig(images_per_batch=1, rays_per_image=2000, segment_balance=balance)
+        _, y, x = sampler.setup(num_rays_per_batch=8).instance_pixels(segments).unbind(-1)
+        hit = segments[0, y, x]
+        assert (hit != 0).all()
+        share[balance] = (hit == 3).float().mean().item()
+    assert share[0.0] < 0.02 and 0.4 < share[1.0] < 0.6
+
+
 def test_data_manager_marks_the_instance_rays():
     rays = RayBundle(
         origins=torch.zeros(7, 3),
@@ -169,6 +186,8 @@ def test_sampler_rejects_odd_or_empty_instance_batches():
             ContrastivePixelSamplerConfig(rays_per_image=rays)
     with pytest.raises(ValueError, match="images-per-batch"):
         ContrastivePixelSamplerConfig(images_per_batch=0)
+    with pytest.raises(ValueError, match="segment-balance"):
+        ContrastivePixelSamplerConfig(segment_balance=1.5)
 
 
 def test_the_clustering_sample_holds_every_2d_segment_of_more_than_a_few_pixels(tmp_path):

@@ -217,6 +217,7 @@ def _model_of(scene):
     outputs = ContrastiveLiftDataParserConfig(data=scene).setup().get_dataparser_outputs("train")
     config = trainer_config("test", "slow-fast", small=True).pipeline.model
     config.implementation = "torch"
+    config.scene_cell_pixels = 1.5  # the full preset's rule (the small one keeps fixed grids)
     model = config.setup(
         scene_box=outputs.scene_box, num_train_data=len(outputs.image_filenames), metadata=outputs.metadata
     )
@@ -269,7 +270,7 @@ def test_a_checkpoint_brings_its_own_scene_grid_sizes():
     """The cameras that size the scene grids can differ when a run is loaded (another split, moved cameras):
     the model takes the sizes saved with the weights instead of failing on a size mismatch."""
     fine = LabelVolume(center=(0.0, 0.0, 0.0), half_extent=(1.0, 1.0, 1.0), pixel_footprint=0.001)
-    trained = build_model()
+    trained = build_model(scene_cell_pixels=1.5)  # the full preset's growing grids
     trained.kwargs["metadata"]["label_volume"] = fine
     config = trained.config
     scene_box = SceneBox(aabb=torch.tensor([[-1.0, -1, -1], [1, 1, 1]]))

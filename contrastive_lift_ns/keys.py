@@ -58,6 +58,4 @@ class RayMetadata:
     """Keys of ``RayBundle.metadata`` set by the data manager."""
 
     INSTANCE_RAY = "instance_ray"
-    """True for the rays of the instance loss (drawn from segment pixels, the last rays of a batch)."""
-    SCENE_RAY = "scene_ray"
-    """True for the rays that train colour, density and semantics (the first rays of a batch)."""
+    """True for the rays of the instance loss (drawn from segment pixels), False for the RGB and semantic rays."""

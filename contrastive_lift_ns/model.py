@@ -304,22 +304,16 @@ class ContrastiveLiftModel(NerfactoModel):
             outputs[Output.SEMANTIC_LOGITS] = _render_field(self.semantic_field, positions, weights)
             outputs[self.instance_output] = _render_field(self.instance_field, positions, weights)
             return outputs
-        # A training (or evaluation-loss) batch: the scene rays first, the instance rays last (keys.RayMetadata).
-        scene = int(ray_bundle.metadata[RayMetadata.SCENE_RAY].sum())
-        first_instance = len(ray_bundle) - int(marked.sum())
+        # A training (or evaluation-loss) batch: uniform rays first, then the instance rays.
+        uniform = int((~marked[:, 0]).sum())
         outputs: Dict[str, Any] = {}
-        rendered = None
         if not (self.training and self.config.instance_field_only):  # colour and semantics stay as loaded
-            outputs, positions, weights = self._render(ray_bundle[:scene])
-            rendered = positions, weights
+            outputs, positions, weights = self._render(ray_bundle[:uniform])
             if self.training and self.step >= self.config.semantic_loss_start_step:
                 outputs[Output.SEMANTIC_LOGITS] = _render_field(self.semantic_field, positions, weights)
-        if self.training and self.step >= self.config.instance_loss_start_step and first_instance < len(ray_bundle):
-            if rendered is not None and scene == len(ray_bundle):  # the instance rays are scene rays too
-                positions, weights = (x[first_instance:] for x in rendered)
-            else:
-                with torch.no_grad():  # the instance loss trains the instance field only
-                    _, positions, weights = self._render(ray_bundle[first_instance:])
+        if self.training and self.step >= self.config.instance_loss_start_step and len(ray_bundle) > uniform:
+            with torch.no_grad():  # the instance loss trains the instance field only
+                _, positions, weights = self._render(ray_bundle[uniform:])
             outputs.update(self._instance_outputs(positions, weights))
         return outputs
 

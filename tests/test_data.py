@@ -141,20 +141,6 @@ def test_instance_rays_lie_on_segment_pixels_image_by_image(flat_scene):
         assert segment != 0 and segment == dataset[c - 10][Batch.SEGMENTS][y, x]  # a segment pixel, its own id
 
 
-def test_instance_rays_that_train_the_scene_share_the_ray_budget(flat_scene):
-    dataset = ContrastiveLiftDataset(dataparser_outputs(flat_scene))
-    keys = ("image", Batch.SEGMENTS, Batch.SEMANTICS, Batch.CONFIDENCE)
-    batch = {key: torch.stack([dataset[i][key] for i in range(3)]) for key in keys}
-    batch["image_idx"] = torch.arange(3)
-    config = ContrastivePixelSamplerConfig(images_per_batch=2, rays_per_image=8, instance_rays_train_scene=True)
-    out = config.setup(num_rays_per_batch=40).sample(batch)
-    assert len(out["indices"]) == len(out["image"]) == len(out[Batch.SEMANTICS]) == 40  # 24 uniform + 16
-    for (c, y, x), colour, segment in zip(out["indices"][24:].tolist(), out["image"][24:], out[Batch.SEGMENTS][24:]):
-        assert torch.equal(colour, dataset[c]["image"][y, x]) and segment != 0  # each ray's own pixel
-    with pytest.raises(ValueError, match="rays-per-image.*below the batch's 16 rays"):
-        config.setup(num_rays_per_batch=16)
-
-
 def test_uniform_rays_still_cover_pixels_without_a_segment(flat_scene):
     dataset = ContrastiveLiftDataset(dataparser_outputs(flat_scene))
     keys = ("image", Batch.SEGMENTS, Batch.SEMANTICS, Batch.CONFIDENCE)
@@ -190,12 +176,8 @@ def test_data_manager_marks_the_instance_rays():
         pixel_area=torch.ones(7, 1),
         camera_indices=torch.zeros(7, 1, dtype=torch.long),
     )
-    marked, _ = _mark_instance_rays(rays, {"image": torch.zeros(4, 3), Batch.INSTANCE_SEGMENTS: torch.ones(3, 1)})
+    marked, _ = _mark_instance_rays(rays, {"image": torch.zeros(4, 3)})
     assert marked.metadata[RayMetadata.INSTANCE_RAY][:, 0].tolist() == [False] * 4 + [True] * 3
-    assert marked.metadata[RayMetadata.SCENE_RAY][:, 0].tolist() == [True] * 4 + [False] * 3
-    shared, _ = _mark_instance_rays(rays, {"image": torch.zeros(7, 3), Batch.INSTANCE_SEGMENTS: torch.ones(3, 1)})
-    assert shared.metadata[RayMetadata.INSTANCE_RAY][:, 0].tolist() == [False] * 4 + [True] * 3
-    assert shared.metadata[RayMetadata.SCENE_RAY][:, 0].all()
 
 
 def test_sampler_rejects_odd_or_empty_instance_batches():

@@ -35,9 +35,8 @@ def build_model(instance_loss: str = "slow-fast", **overrides):
     return config.setup(scene_box=scene_box, num_train_data=4, metadata=metadata)
 
 
-def random_rays(count: int, instance_rays: int = 0, shared: bool = False) -> RayBundle:
-    """``count`` rays into the unit cube; the last ``instance_rays`` of them marked as instance rays, and the
-    others as scene rays (all of them with ``shared``: the instance rays train the scene too)."""
+def random_rays(count: int, instance_rays: int = 0) -> RayBundle:
+    """``count`` rays into the unit cube; the last ``instance_rays`` of them marked as instance rays."""
     generator = torch.Generator().manual_seed(0)
     origins = torch.tensor([0.0, 0.0, 2.5]).expand(count, 3)
     directions = torch.nn.functional.normalize(
@@ -50,9 +49,7 @@ def random_rays(count: int, instance_rays: int = 0, shared: bool = False) -> Ray
         camera_indices=torch.zeros(count, 1, dtype=torch.long),
     )
     if instance_rays:
-        order = torch.arange(count)[:, None]
-        rays.metadata[RayMetadata.INSTANCE_RAY] = order >= count - instance_rays
-        rays.metadata[RayMetadata.SCENE_RAY] = order < (count if shared else count - instance_rays)
+        rays.metadata[RayMetadata.INSTANCE_RAY] = torch.arange(count)[:, None] >= count - instance_rays
     return rays
 
 
@@ -148,21 +145,6 @@ def test_uniform_rays_train_colour_and_semantics_and_instance_rays_the_instance_
     torch.testing.assert_close(fast[:, 0] / fast[:, 1], x[0::2])
     torch.testing.assert_close(slow[:, 0] / slow[:, 1], x[1::2])
     assert (fast[:, 2] > 0).all() and (slow[:, 2] < 0).all()
-
-
-def test_instance_rays_that_train_the_scene_are_rendered_once_and_give_colour_too():
-    model = build_model()
-    model.train()
-    outputs = model(random_rays(96, instance_rays=32, shared=True))
-    assert outputs["rgb"].shape == (96, 3) and outputs[Output.SEMANTIC_LOGITS].shape[0] == 96
-    assert outputs[Output.FAST_EMBEDDING].shape[0] == outputs[Output.SLOW_EMBEDDING].shape[0] == 16
-    batch = training_batch(96, 2, 16)
-    losses = model.get_loss_dict(outputs, batch, model.get_metrics_dict(outputs, batch))
-    losses["instance_loss"].backward(retain_graph=True)  # still the instance field only
-    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.field.parameters())
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.instance_field.parameters())
-    rgb = torch.autograd.grad(losses["rgb_loss"], outputs["rgb"])[0]
-    assert (rgb[64:].abs().sum(-1) > 0).all()  # the instance rays' colours are in the colour loss
 
 
 def test_rendering_without_marks_gives_every_output_of_every_ray():

@@ -1,8 +1,8 @@
 """nerfstudio's data manager, plus the two samples of pixels the lift draws.
 
 - **Training batches** (``next_train``): the pixel sampler's uniform rays and instance rays
-  (``data/pixel_sampler.py``); the instance rays and the scene rays are marked in the ray bundle's metadata
-  (``keys.RayMetadata``), so the model knows which rays are which without seeing the batch.
+  (``data/pixel_sampler.py``); the instance rays are marked in the ray bundle's metadata
+  (``keys.RayMetadata.INSTANCE_RAY``), so the model knows which rays are which without seeing the batch.
 - **Training pixels** (``training_pixels``): pixels of all training views with their 2D segment ids, which the
   model renders and clusters into objects, and ``cl-export`` turns into points. A share of them can be spread
   evenly over the 2D segments (the same number for every segment of every view), so that an object that is
@@ -23,7 +23,7 @@ from torch import Tensor
 from contrastive_lift_ns import workarounds
 from contrastive_lift_ns.data.dataset import ContrastiveLiftDataset
 from contrastive_lift_ns.data.pixel_sampler import ContrastivePixelSamplerConfig
-from contrastive_lift_ns.keys import Batch, RayMetadata
+from contrastive_lift_ns.keys import RayMetadata
 
 
 MIN_SEGMENT_PIXELS = 4
@@ -124,10 +124,8 @@ class ContrastiveLiftDataManager(VanillaDataManager[ContrastiveLiftDataset]):
 
 
 def _mark_instance_rays(ray_bundle: RayBundle, batch: Dict) -> Tuple[RayBundle, Dict]:
-    # scene rays: the batch's image rows, first; instance rays: the last ones (the two overlap when the instance
-    # rays train the scene too)
-    order = torch.arange(len(ray_bundle), device=ray_bundle.origins.device)[:, None]
-    instance = len(batch[Batch.INSTANCE_SEGMENTS]) if Batch.INSTANCE_SEGMENTS in batch else 0
-    ray_bundle.metadata[RayMetadata.SCENE_RAY] = order < len(batch["image"])
-    ray_bundle.metadata[RayMetadata.INSTANCE_RAY] = order >= len(ray_bundle) - instance
+    uniform = len(batch["image"])
+    instance = torch.zeros(len(ray_bundle), 1, dtype=torch.bool, device=ray_bundle.origins.device)
+    instance[uniform:] = True
+    ray_bundle.metadata[RayMetadata.INSTANCE_RAY] = instance
     return ray_bundle, batch

@@ -8,15 +8,13 @@ loss.
   contrastive loss, and on generated rooms only about a quarter of the pixels carry one. A share of them
   (``segment_balance``) is spread evenly over the image's segments, so that a small object gets rays, and pairs,
   in every image that shows it; uniform over segment pixels, a 60 px segment of a 128 px view gets about 2 of
-  256 rays. The rays of one image are contiguous, so the loss can reshape them to ``(images, rays_per_image)``
-  and compare ids only within an image (2D ids are arbitrary per image). Within an image, even rays are
-  rendered by the fast field and odd rays by the slow one.
-- With ``instance_rays_train_scene``, the instance rays are scene rays too: they take their share of
-  ``num_rays_per_batch`` and train colour, density and semantics like the uniform ones.
+  256 rays. The rays of one image are contiguous, so the loss can reshape them to ``(images, rays_per_image)`` and compare ids only
+  within an image (2D ids are arbitrary per image). Within an image, even rays are rendered by the fast
+  field and odd rays by the slow one.
 
-The batch keeps nerfstudio's keys for the scene rays (``image``, ``semantics``, ``confidence``…) and adds
+The batch keeps nerfstudio's keys for the uniform rays (``image``, ``semantics``, ``confidence``…) and adds
 ``instance_segments``, ``instance_confidence`` and ``rays_per_image`` (``keys.Batch``); ``indices`` lists the
-uniform rays first, then the instance rays, and the data manager marks both kinds in the ray bundle.
+uniform rays first, then the instance rays, and the data manager marks the latter in the ray bundle.
 """
 
 from __future__ import annotations
@@ -47,10 +45,6 @@ class ContrastivePixelSamplerConfig(PixelSamplerConfig):
     segment_balance: float = 0.0
     """Share of the instance rays that every 2D segment of the image gets in equal parts; the rest are uniform
     over the segment pixels (0: all uniform, as the authors' code)."""
-    instance_rays_train_scene: bool = False
-    """The instance rays also train colour, density and semantics, and count in ``num_rays_per_batch``: a step
-    renders that many rays, as nerfacto's does. Off: they train the instance field only, on top of the uniform
-    rays (as the authors' code)."""
 
     def __post_init__(self) -> None:
         require(self, "images_per_batch", self.images_per_batch >= 1, "must be at least 1")
@@ -65,25 +59,10 @@ class ContrastivePixelSampler(PixelSampler):
     config: ContrastivePixelSamplerConfig
     _warned = False
 
-    def set_num_rays_per_batch(self, num_rays_per_batch: int) -> None:
-        if self.config.instance_rays_train_scene:  # the instance rays take their share of the batch
-            instance_rays = self.config.images_per_batch * self.config.rays_per_image
-            require(
-                self.config, "rays_per_image", instance_rays < num_rays_per_batch,
-                f"times images-per-batch must be below the batch's {num_rays_per_batch} rays when the instance "
-                "rays train the scene",
-            )  # fmt: skip
-            num_rays_per_batch -= instance_rays
-        super().set_num_rays_per_batch(num_rays_per_batch)
-
     def collate_image_dataset_batch(self, batch: Dict, num_rays_per_batch: int, keep_full_image: bool = False):
         collated = super().collate_image_dataset_batch(batch, num_rays_per_batch, keep_full_image)
         indices = self.instance_pixels(batch[Batch.SEGMENTS][..., 0], batch.get("mask"))
         c, y, x = indices.unbind(-1)
-        if self.config.instance_rays_train_scene:  # every per-pixel key of the uniform rays, for these rays too
-            for key, value in batch.items():
-                if key in collated and key not in ("indices", "full_image"):
-                    collated[key] = torch.cat([collated[key], value[c, y, x].to(collated[key])])
         collated[Batch.INSTANCE_SEGMENTS] = batch[Batch.SEGMENTS][c, y, x]
         collated[Batch.INSTANCE_CONFIDENCE] = batch[Batch.CONFIDENCE][c, y, x]
         collated[Batch.RAYS_PER_IMAGE] = self.config.rays_per_image

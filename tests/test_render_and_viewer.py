@@ -103,12 +103,27 @@ def _viewer_in_chromium(config: Path, tmp_path: Path):
                 time.sleep(1)
         browser = webdriver.Chrome(service=Service(chromedriver), options=options)
         browser.get(f"http://127.0.0.1:{port}")
-        yield browser, WebDriverWait(browser, 120)
+        wait = WebDriverWait(browser, 120)
+        _render_small(browser, wait)
+        yield browser, wait
     finally:
         if browser is not None:
             browser.quit()
         os.killpg(viewer.pid, signal.SIGTERM)
         viewer.wait(timeout=30)
+
+
+def _render_small(browser, wait) -> None:
+    """Sets the viewer's "Max res" slider one step above its minimum (164 px instead of 512): a CPU renders 512 px
+    in tens of seconds, and nerfstudio runs the custom controls' callbacks only between renders. (At 64 px the
+    JPEG frames blur the palette colours.)"""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    label = wait.until(lambda b: b.find_element(By.XPATH, "//label[text()='Max res']"))
+    thumb = label.find_element(By.XPATH, "./ancestor::div[.//input][1]//*[@role='slider']")
+    thumb.send_keys(Keys.HOME, Keys.ARROW_RIGHT)
+    wait.until(lambda _: thumb.get_attribute("aria-valuenow") == "164")
 
 
 def _labelled(browser, wait, label: str):

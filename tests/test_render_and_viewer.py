@@ -120,8 +120,7 @@ def _render_small(browser, wait) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    label = wait.until(lambda b: b.find_element(By.XPATH, "//label[text()='Max res']"))
-    thumb = label.find_element(By.XPATH, "./ancestor::div[.//input][1]//*[@role='slider']")
+    thumb = _labelled(browser, wait, "Max res").find_element(By.XPATH, ".//*[@role='slider']")
     thumb.send_keys(Keys.HOME, Keys.ARROW_RIGHT)
     wait.until(lambda _: thumb.get_attribute("aria-valuenow") == "164")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from nerfstudio.utils import writer
 
 from contrastive_lift_ns.benchmarks import lift, speed
@@ -32,6 +33,8 @@ def test_the_lift_benchmark_trains_evaluates_and_reports_every_method(tmp_path, 
         objects=(2, 3),
         hard_objects=(2,),
         depth_objects=(2,),
+        layouts=("forward",),
+        layout_objects=2,
         seeds=(0, 1),
         sweep_min_cluster_size=(5,),
         workers=2,
@@ -39,9 +42,16 @@ def test_the_lift_benchmark_trains_evaluates_and_reports_every_method(tmp_path, 
     summary = benchmark.main()
 
     trained = [r for r in summary["rows"] if not r.get("swept")]
-    scenes = [(2, "hard", False), (2, "realistic", False), (2, "realistic", True), (3, "realistic", False)]
-    expected = [(n, seed, preset, depth, m) for seed in (0, 1) for n, preset, depth in scenes for m in METHODS]
-    assert [(r["objects"], r["seed"], r["preset"], r["depth"], r["method"]) for r in trained] == expected
+    scenes = [
+        (2, "hard", False, "dome"),
+        (2, "realistic", False, "dome"),
+        (2, "realistic", False, "forward"),
+        (2, "realistic", True, "dome"),
+        (3, "realistic", False, "dome"),
+    ]
+    expected = [(n, seed, *scene, m) for seed in (0, 1) for n, *scene in scenes for m in METHODS]
+    keyed = [(r["objects"], r["seed"], r["preset"], r["depth"], r["layout"], r["method"]) for r in trained]
+    assert keyed == expected
     keys = ("pq_scene_things", "pq_frame", "segmenter_pq_frame", "miou", "psnr", "min_cluster_size", "step_ms")
     for row in trained:
         assert 0.0 <= row["pq_scene"] <= 1.0 and row["num_objects_gt"] >= 1 and row["step_ms"] > 0
@@ -54,7 +64,13 @@ def test_the_lift_benchmark_trains_evaluates_and_reports_every_method(tmp_path, 
     assert all(f"| {method} |" in table for method in METHODS)
     assert "±" in table and "seeds: [0, 1]" in table and "| 5 |" in table  # spread over seeds, and the sweep
     assert "2 objects (hard)" in table and "2 objects (realistic, depth)" in table and "Matched objects" in table
+    assert "2 objects (realistic, forward)" in table
     assert (out / "pq_scene.png").stat().st_size > 0 and (out / "speed.png").stat().st_size > 0
+    configs = list(out.glob("runs/**/config.yml"))
+    assert len(configs) == len(trained) + len(trained) // len(METHODS)  # every method's run, and each scene's
+    for path in configs:  # they open where the folder ended up, not in the temporary folder it was written in
+        run = yaml.load(path.read_text(), Loader=yaml.Loader)
+        assert run.pipeline.datamanager.data.is_dir() and run.get_base_dir().is_dir(), path
 
 
 @pytest.mark.slow

@@ -36,6 +36,7 @@ from nerfstudio.utils.eval_utils import eval_setup
 from contrastive_lift_ns.atomic import atomic_output_dir, atomic_write_json
 from contrastive_lift_ns.benchmarks.timing import machine, quiet, train_timed
 from contrastive_lift_ns.evaluation.scene_evaluation import evaluate
+from contrastive_lift_ns.generator.room import CameraLayout
 from contrastive_lift_ns.generator.writer import MakeSceneConfig, make_scene
 from contrastive_lift_ns.method_configs import METHODS, trainer_config
 
@@ -109,6 +110,11 @@ class LiftBenchmark:
     depth_objects: Tuple[int, ...] = ()
     """Also these numbers of objects trained with the generator's depth maps (the label volume and nerfstudio's
     depth loss), each seed; every other row is RGB only, the paper's protocol."""
+    layouts: Tuple[CameraLayout, ...] = ()
+    """Also these camera layouts (``cl-make-scene --camera-layout``: forward, walkthrough, panorama) with
+    ``layout_objects`` objects, each seed, against the dome of the other rows."""
+    layout_objects: int = 25
+    """Objects in each ``layouts`` scene."""
     sweep_min_cluster_size: Tuple[int, ...] = ()
     """Also cluster the trained slow-fast models of the first seed with these fixed min_cluster_size values and
     score them."""
@@ -128,20 +134,22 @@ def _run(config: LiftBenchmark) -> Dict[str, Any]:
     profile = PROFILES[config.profile]
     # Largest scene first, beside the smaller ones: the workers finish at about the same time.
     counts = sorted(config.objects, reverse=True)
-    counts = counts[:1] + sorted(counts[1:])  # none at all: only hard or depth rows
-    jobs = [(count, seed, "realistic", False) for seed in config.seeds for count in counts]
-    jobs += [(count, seed, "hard", False) for seed in config.seeds for count in sorted(config.hard_objects)]
-    jobs += [(count, seed, "realistic", True) for seed in config.seeds for count in sorted(config.depth_objects)]
+    counts = counts[:1] + sorted(counts[1:])  # none at all: only hard, depth or layout rows
+    jobs = [_Job(count, seed) for seed in config.seeds for count in counts]
+    jobs += [_Job(count, seed, preset="hard") for seed in config.seeds for count in sorted(config.hard_objects)]
+    jobs += [_Job(count, seed, depth=True) for seed in config.seeds for count in sorted(config.depth_objects)]
+    jobs += [_Job(config.layout_objects, seed, layout=layout) for seed in config.seeds for layout in config.layouts]
     workers = config.workers or ((os.cpu_count() or 1) if profile["small"] else 1)
     workers = min(workers, len(jobs))
     threads = config.threads or max(1, (os.cpu_count() or 1) // workers)
     with atomic_output_dir(config.output_dir, overwrite=config.overwrite) as folder:
         first = config.seeds[0]
         sweep = config.sweep_min_cluster_size
-        headline = (first, "realistic", False)  # the sweep re-clusters the first seed's RGB-only scenes
+        # the sweep re-clusters the first seed's headline scenes (realistic, RGB only, dome)
+        headline = (first, "realistic", False, "dome")
         args = [
-            (count, seed, preset, depth, folder, profile, threads, sweep if (seed, preset, depth) == headline else ())
-            for count, seed, preset, depth in jobs
+            (job, folder, profile, threads, sweep if (job.seed, job.preset, job.depth, job.layout) == headline else ())
+            for job in jobs
         ]
         if workers == 1:
             per_scene = [_scene_rows(*job) for job in args]
@@ -150,7 +158,7 @@ def _run(config: LiftBenchmark) -> Dict[str, Any]:
                 per_scene = pool.starmap(_scene_rows, args, chunksize=1)
         rows = sorted(
             (row for scene_rows in per_scene for row in scene_rows),
-            key=lambda r: (r["seed"], r["objects"], r["preset"], r.get("depth", False)),
+            key=lambda r: (r["seed"], r["objects"], r["preset"], r.get("depth", False), r.get("layout", "dome")),
         )
         summary = {
             "command": " ".join(sys.argv),
@@ -163,23 +171,41 @@ def _run(config: LiftBenchmark) -> Dict[str, Any]:
         atomic_write_json(folder / "results.json", summary)
         (folder / "results.md").write_text(markdown(summary))
         _plots(rows, folder)
+        _point_configs_at(folder, Path(config.output_dir))
     print(markdown(summary))
     return summary
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One scene of the benchmark."""
+
+    count: int
+    seed: int
+    preset: str = "realistic"
+    depth: bool = False
+    layout: CameraLayout = "dome"
+
+    @property
+    def name(self) -> str:
+        variants = (self.preset, "depth" if self.depth else "", self.layout)
+        return "-".join([f"{self.count}-seed{self.seed}", *(v for v in variants if v not in ("realistic", "", "dome"))])
+
+
+def _point_configs_at(folder: Path, final: Path) -> None:
+    """The runs' config.yml files name the temporary folder the benchmark writes in; they name ``final``, the
+    folder it becomes, so that ``ns-viewer``, ``cl-eval`` and ``ns-render`` open the runs once it is in place.
+    (A config stores each path as the list of its parts, the folder's unique temporary name one of them.)"""
+    for path in folder.glob("runs/**/config.yml"):
+        path.write_text(path.read_text().replace(f"- {folder.name}\n", f"- {final.name}\n"))
+
+
 def _scene_rows(
-    count: int,
-    seed: int,
-    preset: str,
-    depth: bool,
-    folder: Path,
-    profile: Dict[str, Any],
-    threads: int,
-    sweep: Tuple[int, ...],
+    job: _Job, folder: Path, profile: Dict[str, Any], threads: int, sweep: Tuple[int, ...]
 ) -> List[Dict[str, Any]]:
     """One scene: generated, trained without instances, then each method's instance stage on it."""
     torch.set_num_threads(threads)
-    name = f"{count}-seed{seed}" + ("" if preset == "realistic" else f"-{preset}") + ("-depth" if depth else "")
+    count, seed, preset, depth, name = job.count, job.seed, job.preset, job.depth, job.name
     views = max(profile["views"], round(profile.get("views_per_object", 0) * count))
     scene = make_scene(
         MakeSceneConfig(
@@ -189,6 +215,7 @@ def _scene_rows(
             resolution=profile["resolution"],
             seed=seed,
             preset=preset,
+            camera_layout=job.layout,
         ),
         progress=False,
     )
@@ -202,12 +229,13 @@ def _scene_rows(
         pipeline = eval_setup(config.get_base_dir() / "config.yml", test_mode="test")[1]
         timing = {"step_ms": 1000 * step_seconds, "iterations_per_second": 1 / step_seconds}
         extra = {"views": views, "scene_steps": scene_steps, "instance_steps": instance_steps, **timing}
-        rows.append(_row(pipeline, count, seed, method, {"preset": preset, "depth": depth, **extra}))
+        variant = {"preset": preset, "depth": depth, "layout": job.layout}
+        rows.append(_row(pipeline, count, seed, method, {**variant, **extra}))
         print(json.dumps(rows[-1]), flush=True)
         if method == "contrastive-lift":
             for size in sweep:
                 pipeline.recluster(min_cluster_size=size)
-                swept = {"preset": preset, "depth": depth, "swept": True, "min_cluster_size": size}
+                swept = {**variant, "swept": True, "min_cluster_size": size}
                 rows.append(_row(pipeline, count, seed, method, swept))
                 print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -274,7 +302,10 @@ _MATCHED, _IDS = "num_objects_matched", "num_objects_pred"
 
 
 def _column(row: Dict[str, Any]) -> Tuple[int, str]:
-    return row["objects"], row.get("preset", "realistic") + (", depth" if row.get("depth") else "")
+    layout = row.get("layout", "dome")
+    return row["objects"], row.get("preset", "realistic") + (", depth" if row.get("depth") else "") + (
+        "" if layout == "dome" else f", {layout}"
+    )
 
 
 def markdown(summary: Dict[str, Any]) -> str:

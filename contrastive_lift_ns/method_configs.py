@@ -56,10 +56,11 @@ def trainer_config(method_name: str, instance_loss: InstanceLoss, small: bool = 
         model.instance_field = LabelFieldConfig(num_levels=8, log2_hashmap_size=16)
         model.semantic_field = LabelFieldConfig(num_levels=8, log2_hashmap_size=16)
         model.label_samples_per_ray = 2
-        # Measured on the 100-object room in a CPU-length run (docs/benchmarks/lift-bisect-cpu-2026-12-02.md):
-        # grids grown with the room train too slowly (PQ^scene 66.7 vs 77.9 with fixed grids), and so does a
-        # scene decay to 1e-4 (73.7): the small preset keeps fixed grids and a nearly flat scene rate.
-        model.scene_cell_pixels = None
+        # Measured on the 100-object room in a CPU-length run (docs/benchmarks/scene-grids-cpu-2026-12-03.md): a
+        # scene grid grown with the room (1024, 2^17) gave PQ^scene 82.7 against 73.0 fixed; cells of 1.6 px keep
+        # the 25-object room's grid at 512. A scene decay to 1e-4 trains too slowly (73.7 vs 77.9,
+        # lift-bisect-cpu-2026-12-02.md): the small preset keeps a nearly flat scene rate.
+        model.scene_cell_pixels = 1.6
         # Per-image appearance codes let wrong geometry explain the images where a surface is in few views (a
         # 100-object room: test PSNR 13.6 with them, 17.5 without); generated scenes have constant lighting.
         model.use_appearance_embedding = False

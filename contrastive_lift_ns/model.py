@@ -99,12 +99,12 @@ class ContrastiveLiftModelConfig(NerfactoModelConfig):
     """How embeddings are clustered into objects."""
     scene_cell_pixels: Optional[float] = 1.5
     """Width of the scene field's finest cell, in pixels at the distance the cameras look at: its resolution
-    (max_res) grows to give that where the room is large, and the proposal networks' resolutions and every hash
-    table grow with it (``scene_grids``); it never shrinks below the configured sizes. None: fixed sizes."""
+    (max_res) grows to give that where the room is large, and its hash table with it (``scene_grids``); it never
+    shrinks below the configured sizes, and the proposal networks keep theirs. None: fixed sizes."""
     scene_max_res_limit: int = 8192
     """The largest finest resolution the scene field may get from scene_cell_pixels."""
     scene_log2_hashmap_limit: int = 21
-    """The largest log2 hash table size a scene or proposal grid may get from scene_cell_pixels."""
+    """The largest log2 hash table size the scene field may get from scene_cell_pixels."""
     depth_loss_mult: float = 1e-3
     """Weight of nerfstudio's DS-NeRF depth loss on the uniform rays, used where the frames have depth maps
     (``depth_file_path`` in transforms.json, or a paper layout's depth/ folder); 0 trains from RGB alone."""
@@ -147,12 +147,14 @@ class ContrastiveLiftModelConfig(NerfactoModelConfig):
         return replace(self, max_res=pairs[0][0], log2_hashmap_size=pairs[0][1], proposal_net_args_list=proposals)
 
     def scene_grids(self, volume: LabelVolume) -> "ContrastiveLiftModelConfig":
-        """This configuration with the scene field's and the proposal networks' grids grown for ``volume``.
+        """This configuration with the scene field's grid grown for ``volume``.
 
         nerfacto's grids span its contracted cube [-2, 2] at a fixed resolution, and nerfstudio scales every
         room into it, so a fixed grid gets coarser as the room grows. The finest scene cell is made
-        ``scene_cell_pixels`` wide where the cameras look; the proposal grids grow by the same factor (they keep
-        their ratio to the scene grid), and each hash table by its square (the cells on a surface).
+        ``scene_cell_pixels`` wide where the cameras look, and the hash table grows by the square of the factor
+        (the cells on a surface). The proposal networks keep their sizes: they only place samples, and grown
+        proposal grids trained too slowly (100 objects: PQ^scene 65.2 with them, 82.7 without;
+        docs/benchmarks/scene-grids-cpu-2026-12-03.md).
         """
         if self.scene_cell_pixels is None:
             return self
@@ -160,19 +162,8 @@ class ContrastiveLiftModelConfig(NerfactoModelConfig):
         factor = max(1.0, needed / self.max_res)
         grow = math.ceil(2.0 * math.log2(factor) - 1e-9)
 
-        def table(log2_size: int) -> int:
-            return max(log2_size, min(log2_size + grow, self.scene_log2_hashmap_limit))
-
-        proposals = [
-            {**args, "max_res": round(args["max_res"] * factor), "log2_hashmap_size": table(args["log2_hashmap_size"])}
-            for args in self.proposal_net_args_list
-        ]
-        return replace(
-            self,
-            max_res=round(self.max_res * factor),
-            log2_hashmap_size=table(self.log2_hashmap_size),
-            proposal_net_args_list=proposals,
-        )
+        log2_size = max(self.log2_hashmap_size, min(self.log2_hashmap_size + grow, self.scene_log2_hashmap_limit))
+        return replace(self, max_res=round(self.max_res * factor), log2_hashmap_size=log2_size)
 
 
 class ContrastiveLiftModel(NerfactoModel):

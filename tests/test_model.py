@@ -217,24 +217,25 @@ def _model_of(scene):
     outputs = ContrastiveLiftDataParserConfig(data=scene).setup().get_dataparser_outputs("train")
     config = trainer_config("test", "slow-fast", small=True).pipeline.model
     config.implementation = "torch"
-    config.scene_cell_pixels = 1.5  # the full preset's rule (the small one keeps fixed grids)
+    config.scene_cell_pixels = 1.5  # the full presets' cell (the small preset's is 1.6 px)
     model = config.setup(
         scene_box=outputs.scene_box, num_train_data=len(outputs.image_filenames), metadata=outputs.metadata
     )
     return model, outputs
 
 
-def test_the_scene_field_and_proposal_grids_grow_with_the_room(rooms):
+def test_the_scene_field_grows_with_the_room_and_the_proposal_grids_keep_their_size(rooms):
     """nerfstudio scales every room into one cube: a fixed grid's finest cell spans ~1.3 px in a 25-object room
-    and ~7 px in a 500-object one. Grown grids keep it about the same, with hash tables to match."""
+    and ~7 px in a 500-object one. The grown scene grid keeps it about the same, with a hash table to match; the
+    proposal networks, which only place samples, keep the preset's sizes."""
     built = {count: _model_of(scene) for count, scene in rooms.items()}
     cell_pixels = {}
     for count, (model, outputs) in built.items():
         footprint = outputs.metadata["label_volume"].pixel_footprint
-        grids = [model.config.max_res] + [args["max_res"] for args in model.config.proposal_net_args_list]
-        cell_pixels[count] = [4.0 / res / footprint for res in grids]  # nerfacto's grids span [-2, 2]
-    for scene_field, small, large in zip(("field", "proposal 1", "proposal 2"), cell_pixels[25], cell_pixels[500]):
-        assert 0.67 < large / small < 1.5, (scene_field, cell_pixels)
+        cell_pixels[count] = 4.0 / model.config.max_res / footprint  # nerfacto's grids span [-2, 2]
+    assert 0.67 < cell_pixels[500] / cell_pixels[25] < 1.5, cell_pixels
+    preset = trainer_config("test", "slow-fast", small=True).pipeline.model.proposal_net_args_list
+    assert all(model.config.proposal_net_args_list == preset for model, _ in built.values())
     small_model, large_model = built[25][0], built[500][0]
     assert large_model.config.log2_hashmap_size >= small_model.config.log2_hashmap_size + 3
     tables = [sum(p.numel() for p in m.field.mlp_base.parameters()) for m in (small_model, large_model)]

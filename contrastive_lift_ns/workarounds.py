@@ -92,6 +92,9 @@ HARMLESS_UPSTREAM_WARNINGS = (
     # nerfstudio's writer logs the loss tensors with float(), which is the value it means to log. Remove when it
     # detaches them.
     (UserWarning, r"Converting a tensor with requires_grad=True to a scalar", r"nerfstudio\.utils\.writer"),
+    # ns-render's interpolated path copies its pose tensors with torch.tensor(); they carry no gradient, so the
+    # copy is what detach().clone() would give. Remove when nerfstudio builds them with torch.stack.
+    (UserWarning, r"To copy construct from a tensor", r"nerfstudio\.cameras\.camera_utils"),
 )
 """(category, message, module) of the upstream warnings that are known and harmless here; each filter matches
 the start of the message and the module the warning is reported from, so the same words from elsewhere show."""

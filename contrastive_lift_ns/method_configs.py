@@ -61,8 +61,8 @@ def trainer_config(method_name: str, instance_loss: InstanceLoss, small: bool = 
         # the 25-object room's grid at 512. A scene decay to 1e-4 trains too slowly (73.7 vs 77.9,
         # lift-bisect-cpu-2026-12-02.md): the small preset keeps a nearly flat scene rate.
         model.scene_cell_pixels = 1.6
-        # The optimiser's update of the whole table dominates a CPU step as it grows (8 levels, one thread: 195 ms
-        # at 2^15, 360 at 2^18, 838 at 2^20), so a 500-object room stops at 2^18 to fit its 2-hour budget.
+        # On a CPU the hash grid's cost follows its table (8 levels, 49k points, forward, backward and Adam, one
+        # thread: 195 ms at 2^15, 360 at 2^18, 838 at 2^20), so a 500-object room stops at 2^18 to fit its budget.
         model.scene_log2_hashmap_limit = 18
         # Per-image appearance codes let wrong geometry explain the images where a surface is in few views (a
         # 100-object room: test PSNR 13.6 with them, 17.5 without); generated scenes have constant lighting.

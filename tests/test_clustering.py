@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from contrastive_lift_ns.clustering.instance_clusters import ClusteringConfig, InstanceClusters
+from contrastive_lift_ns.clustering.instance_clusters import ClusteringConfig, InstanceClusters, _smallest_near_best
 from contrastive_lift_ns.drawing.palette import embedding_colours, id_colours
 
 
@@ -74,6 +74,21 @@ def test_min_cluster_size_is_chosen_to_reproduce_the_2d_segments():
     assert _clusters(min_cluster_size=20).fit(points, torch.ones(len(points), dtype=torch.long))[1]["clusters"] == 8
     with pytest.raises(ValueError, match="2D segments"):
         _clusters().fit(points, torch.ones(len(points), dtype=torch.long))
+
+
+def test_the_size_choice_prefers_the_smallest_size_near_the_best_score():
+    """The within-view score does not see merges of objects never in one view, so a size that merges them may
+    score a hair above one that keeps them apart: the smallest size within the tolerance wins."""
+    tried = [(5, "speckle", 0.90), (10, "apart", 0.955), (20, "merged", 0.96)]
+    assert _smallest_near_best(tried, 0.01)[1] == "apart"
+    assert _smallest_near_best(tried, 0.0)[1] == "merged"
+    assert _smallest_near_best(tried, 0.1)[1] == "speckle"
+    # end to end: four pairs of objects, each pair close in embedding space and never in one view
+    centres = [[x + dx, y, z] for x, y, z in [[0, 0, 0], [4, 0, 0], [0, 4, 0], [0, 0, 4]] for dx in (0.0, 0.5)]
+    points, obj = _blobs(centres, per_blob=250, spread=0.05)
+    views = torch.randint(0, 5, (len(points),), generator=torch.Generator().manual_seed(0)) + 5 * (obj % 2)
+    stats = _clusters().fit(points, torch.ones(len(points), dtype=torch.long), obj * 11 + views + 1, views)
+    assert stats[1]["clusters"] == 8, stats
 
 
 def test_centroids_of_any_number_survive_a_state_dict_round_trip():

@@ -77,8 +77,8 @@ class ClusteringConfig(InstantiateConfig):
     rest are uniform over the pixels."""
     min_cluster_size: Optional[int] = None
     """HDBSCAN's smallest object, in sampled pixels. None chooses it per class among fractions of the class's
-    sampled pixels (0.05 % to 12.8 %): the size whose clusters best reproduce the 2D segments within each
-    training view, as the paper tunes it by hand on the training views' 2D segments."""
+    sampled pixels (0.05 % to 12.8 %) by how well its clusters reproduce the 2D segments within each
+    training view (see ``size_tolerance``), as the paper tunes it by hand on the training views' 2D segments."""
     size_tolerance: float = 0.01
     """When choosing min_cluster_size, the smallest size whose score is within this of the best wins. The score
     sees splits but not merges of objects never in one view, so on a flat score the larger sizes win by a hair

@@ -83,12 +83,33 @@ def test_the_size_choice_prefers_the_smallest_size_near_the_best_score():
     assert _smallest_near_best(tried, 0.01)[1] == "apart"
     assert _smallest_near_best(tried, 0.0)[1] == "merged"
     assert _smallest_near_best(tried, 0.1)[1] == "speckle"
-    # end to end: four pairs of objects, each pair close in embedding space and never in one view
+    # end to end: four pairs of objects, each pair close in embedding space and never in one view, and a fifth
+    # object with a satellite blob seen in one view only: the size that merges the pairs also absorbs the
+    # satellite, so it scores a hair (0.006) above every size that keeps the pairs apart
+    generator = torch.Generator().manual_seed(0)
     centres = [[x + dx, y, z] for x, y, z in [[0, 0, 0], [4, 0, 0], [0, 4, 0], [0, 0, 4]] for dx in (0.0, 0.5)]
-    points, obj = _blobs(centres, per_blob=250, spread=0.05)
-    views = torch.randint(0, 5, (len(points),), generator=torch.Generator().manual_seed(0)) + 5 * (obj % 2)
-    stats = _clusters().fit(points, torch.ones(len(points), dtype=torch.long), obj * 11 + views + 1, views)
-    assert stats[1]["clusters"] == 8, stats
+    paired, pair = _blobs(centres, per_blob=250, spread=0.05)
+    main, _ = _blobs([[4, 4, 0]], per_blob=400, seed=1)
+    satellite, _ = _blobs([[4.6, 4, 0]], per_blob=200, seed=2)
+    points = torch.cat([paired, main, satellite])
+    obj = torch.cat([pair, torch.full((600,), 8)])
+    views = torch.cat(
+        [
+            torch.randint(0, 10, (len(paired),), generator=generator) + 10 * (pair % 2),
+            torch.randint(0, 20, (400,), generator=generator),
+            torch.zeros(200, dtype=torch.long),
+        ]
+    )
+    classes = torch.ones(len(points), dtype=torch.long)
+
+    def pair_ids(tolerance):
+        clusters = _clusters(size_tolerance=tolerance)
+        clusters.fit(points, classes, obj * 23 + views + 1, views)
+        ids = clusters.assign(points, classes)
+        return {ids[obj == o].mode().values.item() for o in range(8)}
+
+    assert len(pair_ids(0.01)) == 8
+    assert len(pair_ids(0.0)) == 4  # the best score alone merges every pair
 
 
 def test_centroids_of_any_number_survive_a_state_dict_round_trip():

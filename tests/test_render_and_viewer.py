@@ -79,10 +79,11 @@ def _viewer_in_chromium(config: Path, tmp_path: Path):
     chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
     assert chromium and chromedriver, "Debian's chromium and chromium-driver are installed by `make test`"
     port = _free_port()
+    log = open(tmp_path / _VIEWER_LOG, "w")
     viewer = subprocess.Popen(
         [str(BIN / "ns-viewer"), "--load-config", str(config), "--viewer.websocket-host", "127.0.0.1",
          "--viewer.websocket-port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, start_new_session=True,
+        stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True,
     )  # fmt: skip
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
@@ -99,7 +100,7 @@ def _viewer_in_chromium(config: Path, tmp_path: Path):
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
-                assert viewer.poll() is None, "ns-viewer exited"
+                assert viewer.poll() is None, f"ns-viewer exited; {_tail(tmp_path)}"
                 time.sleep(1)
         browser = webdriver.Chrome(service=Service(chromedriver), options=options)
         browser.get(f"http://127.0.0.1:{port}")
@@ -111,6 +112,15 @@ def _viewer_in_chromium(config: Path, tmp_path: Path):
             browser.quit()
         os.killpg(viewer.pid, signal.SIGTERM)
         viewer.wait(timeout=30)
+        log.close()
+
+
+_VIEWER_LOG = "ns-viewer.log"
+
+
+def _tail(tmp_path: Path) -> str:
+    """The end of the viewer's console, where a render thread's error would be."""
+    return "ns-viewer's console ends: " + (tmp_path / _VIEWER_LOG).read_text(errors="replace")[-1500:]
 
 
 def _render_small(browser, wait) -> None:
@@ -167,10 +177,11 @@ def test_viewer_shows_the_instance_output_in_chromium(trained_run, tmp_path):
             shot = tmp_path / "viewer.png"
             browser.save_screenshot(str(shot))
             render_area = np.array(Image.open(shot).convert("RGB"))[60:-10, :940]
-            colours = _palette_colours(render_area, 400)
+            # the viewer streams JPEG frames, whose edges blur the palette: count the flat insides of objects
+            colours = _palette_colours(render_area, 100)
             if colours >= 3:
                 break
-        assert colours >= 3, f"only {colours} palette colours in the render area (see {shot})"
+        assert colours >= 3, f"only {colours} palette colours in the render area (see {shot}; {_tail(tmp_path)})"
 
 
 _OBJECTS = "Objects (id · pixels · confidence)"

@@ -25,8 +25,11 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
+# Two pytest workers with one torch thread each train 1.5x faster on 2 cores than one worker with two threads.
+WORKERS ?= 2
+
 test: $(STAMP) browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup
 
 demo: $(STAMP)
 	$(BIN)/cl-make-scene --output-dir $(DEMO)/scene --num-objects 10 --num-views 48 --resolution 96 --preview --overwrite

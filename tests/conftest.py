@@ -1,21 +1,42 @@
-"""Shared fixtures: small scenes in the project's format."""
+"""Shared fixtures: small scenes in the project's format; how the tests share the CPU between pytest-xdist
+workers (``make test`` runs two)."""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pytest
+import torch
 from nerfstudio.scripts.train import train_loop
 from PIL import Image
 
 from contrastive_lift_ns.data.dataparser import ContrastiveLiftDataParserConfig
 from contrastive_lift_ns.generator.writer import MakeSceneConfig, make_scene
 from contrastive_lift_ns.method_configs import contrastive_lift_small
+
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:  # the cores shared equally, also by the commands the tests start (OpenMP spins when oversubscribed)
+    _THREADS = str(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
+    os.environ["OMP_NUM_THREADS"] = _THREADS
+    torch.set_num_threads(int(_THREADS))
+
+
+_COSTLY_FIXTURES = ("trained_run", "tiny_run", "rooms")  # trained models and a 500-object room
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items) -> None:
+    """The tests that share a costly fixture go to one worker, which builds it once (``--dist loadgroup``)."""
+    for item in items:
+        shared = [name for name in _COSTLY_FIXTURES if name in item.fixturenames]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
 
 
 def write_flat_scene(root: Path, frames: int = 4, size: int = 16, seed: int = 0) -> Path:

@@ -39,6 +39,8 @@ def test_a_signal_inside_the_block_leaves_no_output_and_ends_the_process_as_usua
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as from a shell: pytest-xdist's workers ignore SIGINT, and an ignored signal stays ignored across exec
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert process.stdout.readline().strip() == "ready", process.stderr.read()

@@ -1,9 +1,9 @@
 """Speed and memory of the lift, from one run on one machine.
 
 1. Step time of ``contrastive-lift`` (all losses on) over plain ``nerfacto``: same scene, rays per step and
-   hash grids. Target: ≤ 1.15.
+   hash grids. Target: ≤ 1.10.
 2. Step time and peak memory of the instance stage (scene frozen) against the number of objects, for the
-   three instance losses. Target for slow-fast: ≤ 1.1× from 25 to 500 objects.
+   three instance losses. Target for slow-fast: ≤ 1.05× from 25 to 500 objects.
 3. Clustering time (rendering the sampled pixels, then HDBSCAN) for 25k, 100k and 400k pixels.
 4. Frames per second of rendering the ``instance`` output at 256² and 512².
 5. Scaling over processes: steps per second of ``contrastive-lift`` trained by 1 and 2 processes (nerfstudio's

@@ -7,6 +7,8 @@ reaches the geometry. They are evaluated at only ``label_samples_per_ray`` sampl
 quantiles of the ray's weight distribution, each carrying an equal share of the ray's accumulation: the
 proposal sampler spreads a surface's weight over many nearby samples, so a few quantiles render labels within
 about 1 % of the full sum at a fraction of its cost (the heaviest few samples would miss a fifth of it).
+Rendered views read the label fields at the surface point each pixel sees, so that a pixel at an object's edge
+takes one object's labels, not a blend of the object's and its background's.
 
 A training batch holds uniform rays, which train colour, density and semantics, and instance rays drawn from
 2D segment pixels (``data/pixel_sampler.py``), which the instance loss alone uses; the data manager marks the
@@ -39,6 +41,7 @@ from torch import Tensor, nn
 from contrastive_lift_ns import workarounds
 from contrastive_lift_ns.clustering.corrections import Corrections
 from contrastive_lift_ns.clustering.instance_clusters import ClusteringConfig, InstanceClusters
+from contrastive_lift_ns.clustering.specks import absorb_specks, speck_limit
 from contrastive_lift_ns.data.label_volume import LabelVolume
 from contrastive_lift_ns.data.scene_format import SceneClasses, SceneFormatError
 from contrastive_lift_ns.drawing.palette import embedding_colours, id_colours
@@ -75,7 +78,11 @@ class ContrastiveLiftModelConfig(NerfactoModelConfig):
     semantic_field: LabelFieldConfig = field(default_factory=lambda: LabelFieldConfig(log2_hashmap_size=18))
     """Hash grid and MLP of the semantic field."""
     label_samples_per_ray: int = 8
-    """The label fields are evaluated at this many samples per ray, at the quantiles of its weights."""
+    """Training evaluates the label fields at this many samples per ray, at the quantiles of its weights
+    (rendered views read them at the surface point each pixel sees)."""
+    speck_size: float = 0.06
+    """In rendered views, a piece of an object of at most this fraction of the view's side in pixels (7 px at
+    128², 30 at 512²) takes the id around it (``clustering/specks.py``); 0 keeps every piece."""
     semantic_loss_mult: float = 0.1
     """Weight of the confidence-weighted semantic cross-entropy (the authors' 0.1)."""
     contrastive_temperature: float = 1.0
@@ -118,6 +125,7 @@ class ContrastiveLiftModelConfig(NerfactoModelConfig):
         require(self, "embedding_dim", self.embedding_dim >= 1, "must be at least 1")
         require(self, "max_instances", self.max_instances >= 1, "must be at least 1")
         require(self, "label_samples_per_ray", self.label_samples_per_ray >= 1, "must be at least 1")
+        require(self, "speck_size", self.speck_size >= 0, "must be at least 0")
         require(self, "slow_field_momentum", 0.0 <= self.slow_field_momentum < 1.0, "must lie in [0, 1)")
         for name in ("contrastive_temperature", "vanilla_temperature"):
             require(self, name, getattr(self, name) > 0, "must be positive")
@@ -292,8 +300,9 @@ class ContrastiveLiftModel(NerfactoModel):
         marked = ray_bundle.metadata.get(RayMetadata.INSTANCE_RAY)
         if marked is None:  # rendering views: every output of every ray
             outputs, positions, weights = self._render(ray_bundle)
-            outputs[Output.SEMANTIC_LOGITS] = _render_field(self.semantic_field, positions, weights)
-            outputs[self.instance_output] = _render_field(self.instance_field, positions, weights)
+            surface = surface_points(ray_bundle, outputs)
+            outputs[Output.SEMANTIC_LOGITS] = _surface_labels(self.semantic_field, surface, positions, weights)
+            outputs[self.instance_output] = _surface_labels(self.instance_field, surface, positions, weights)
             return outputs
         # A training (or evaluation-loss) batch: uniform rays first, then the instance rays.
         uniform = int((~marked[:, 0]).sum())
@@ -381,11 +390,12 @@ class ContrastiveLiftModel(NerfactoModel):
             images[Output.EMBEDDING_COLOURS] = embedding_colours(instance_render)
             if not self.clusters.fitted:
                 return images
-            ids = self.clusters.assign(instance_render, classes, positions)
+            # specks go before the hand corrections, so that deleting an object deletes the specks it took in
+            ids = self._without_specks(self.clusters.assign(instance_render, classes, positions))
             ids = self.corrections.apply(ids, instance_render, positions)
         else:
             thing = torch.as_tensor(self.scene_classes.is_thing, device=classes.device)[classes]
-            ids = torch.where(thing, instance_render.argmax(-1) + 1, torch.zeros_like(classes))
+            ids = self._without_specks(torch.where(thing, instance_render.argmax(-1) + 1, torch.zeros_like(classes)))
         images[Output.INSTANCE_ID] = ids[..., None].float()
         colours = id_colours(ids)
         if self.isolated_id:
@@ -393,6 +403,11 @@ class ContrastiveLiftModel(NerfactoModel):
             colours = torch.where((ids == self.isolated_id)[..., None], colours, dimmed)
         images[Output.INSTANCE] = colours
         return images
+
+    def _without_specks(self, ids: Tensor) -> Tensor:
+        if ids.dim() != 2:  # a list of rays, not an image
+            return ids
+        return absorb_specks(ids, speck_limit(*ids.shape, self.config.speck_size))
 
     # ---------------------------------------------------------------- clustering
 
@@ -533,6 +548,23 @@ def surface_points(rays: RayBundle, outputs: Dict[str, Tensor]) -> Tensor:
 def _render_field(field: nn.Module, positions: Tensor, weights: Tensor) -> Tensor:
     """A label field's volume render at the quantile samples of ``_render``."""
     return (weights * field(positions)).sum(-2)
+
+
+def _surface_labels(field: nn.Module, surface: Tensor, positions: Tensor, weights: Tensor) -> Tensor:
+    """A label field read at each ray's surface point, and volume-rendered where the ray sees little surface.
+
+    At an object's edge a ray's weight is shared by the object and what lies behind it, and a volume render
+    blends their labels: a blend of two embeddings can be nearest a third object's centroid, which then shows
+    as specks along the edges (the 100-object room of docs/benchmarks/surface-labels-cpu-2026-12-07.md). The
+    surface point belongs to one of them. Training still renders volumetrically, as the paper does.
+    """
+    seen = torch.isfinite(surface).all(-1)
+    out = surface.new_zeros(*seen.shape, field.out_dim)
+    if seen.any():  # (a tcnn grid takes no empty batch)
+        out[seen] = field(surface[seen]).to(out)
+    if not seen.all():
+        out[~seen] = _render_field(field, positions[~seen], weights[~seen]).to(out)
+    return out
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from contrastive_lift_ns.clustering.instance_clusters import ClusteringConfig, InstanceClusters, _smallest_near_best
+from contrastive_lift_ns.clustering.specks import absorb_specks, speck_limit
 from contrastive_lift_ns.drawing.palette import embedding_colours, id_colours
 
 
@@ -187,3 +188,19 @@ def test_blobs_that_share_a_2d_segment_stay_one_object():
     stats = clusters.fit(embeddings, classes, segments, views, positions=positions)
     assert stats[1]["objects"] == 1
     assert len(clusters.assign(embeddings, classes, positions).unique()) == 1
+
+
+def test_specks_take_the_id_around_them_and_small_objects_keep_theirs():
+    ids = torch.zeros(32, 32, dtype=torch.long)
+    ids[4:20, 4:14], ids[4:20, 14:24] = 1, 2  # two objects side by side
+    ids[9:12, 13:15] = 7  # a speck of object 7 on their edge, 6 px
+    ids[10, 20] = 8  # a one-pixel speck inside object 2
+    ids[26:29, 26:29] = 3  # a small object on the background, 9 px
+    ids[3:5, 30] = 1  # a 2 px piece of object 1 that borders no other object
+    cleaned = absorb_specks(ids, max_pixels=speck_limit(32, 32, 0.25))  # 8 px
+    assert cleaned[10, 20] == 2
+    assert set(cleaned[9:12, 13:15].unique().tolist()) <= {1, 2}
+    assert (cleaned[26:29, 26:29] == 3).all()  # larger than a speck
+    assert (cleaned[3:5, 30] == 1).all()  # nothing around it to take
+    assert ((cleaned == ids) | (ids >= 7)).all()  # only the specks changed
+    assert torch.equal(absorb_specks(ids, max_pixels=0), ids)

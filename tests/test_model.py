@@ -4,6 +4,7 @@ field's EMA, the instance-field-only stage."""
 from __future__ import annotations
 
 import json
+import math
 import socket
 
 import pytest
@@ -19,7 +20,7 @@ from contrastive_lift_ns.fields.label_field import LabelFieldConfig
 from contrastive_lift_ns.generator.writer import MakeSceneConfig, make_scene
 from contrastive_lift_ns.keys import Batch, Output, RayMetadata
 from contrastive_lift_ns.method_configs import trainer_config
-from contrastive_lift_ns.model import quantile_samples
+from contrastive_lift_ns.model import _surface_labels, quantile_samples
 
 VOLUME = LabelVolume(center=(0.0, 0.0, 0.0), half_extent=(1.0, 1.0, 1.0), pixel_footprint=0.01)
 
@@ -100,6 +101,28 @@ def test_quantile_label_samples_estimate_the_full_render():
 
     empty, empty_share = quantile_samples(positions, torch.zeros_like(weights), 4)  # rays that hit nothing
     assert torch.isfinite(empty).all() and (empty_share == 0).all()
+
+
+def test_a_pixel_at_an_edge_takes_the_label_of_the_surface_it_sees():
+    """Half a ray's weight on an object at x < 0 and half on the one behind it: the blend of their labels lies
+    between them, the surface point's label is the front object's; a ray that sees no surface keeps the blend."""
+
+    class TwoObjects(torch.nn.Module):  # object A (embedding +1) for x < 0, object B (-1) behind it
+        out_dim = 3
+
+        def forward(self, points):
+            return torch.where(points[..., :1] < 0, 1.0, -1.0).expand(*points.shape[:-1], 3)
+
+    field = TwoObjects()
+
+    positions = torch.tensor([[[-0.5, 0.0, 0.0], [0.5, 0.0, 0.0]]]).expand(2, 2, 3)
+    weights = torch.full((2, 2, 1), 0.5)
+    surface = torch.tensor([[-0.4, 0.0, 0.0], [math.nan] * 3])
+    blended = (weights * field(positions)).sum(-2)
+    labels = _surface_labels(field, surface, positions, weights)
+    assert blended.abs().max() < 1e-6  # the blend is neither object
+    torch.testing.assert_close(labels[0], torch.ones(3))
+    torch.testing.assert_close(labels[1], blended[1])
 
 
 @pytest.mark.parametrize("instance_loss", ["slow-fast", "vanilla", "linear-assignment"])

@@ -114,7 +114,6 @@ def test_a_pixel_at_an_edge_takes_the_label_of_the_surface_it_sees():
             return torch.where(points[..., :1] < 0, 1.0, -1.0).expand(*points.shape[:-1], 3)
 
     field = TwoObjects()
-
     positions = torch.tensor([[[-0.5, 0.0, 0.0], [0.5, 0.0, 0.0]]]).expand(2, 2, 3)
     weights = torch.full((2, 2, 1), 0.5)
     surface = torch.tensor([[-0.4, 0.0, 0.0], [math.nan] * 3])

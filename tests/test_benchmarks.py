@@ -25,6 +25,7 @@ def test_the_loss_cost_benchmark_times_every_loss_for_every_label_count(capsys):
 @pytest.mark.slow
 def test_the_lift_benchmark_trains_evaluates_and_reports_every_method(tmp_path, monkeypatch):
     tiny = {"views": 6, "resolution": 16, "scene_steps": 3, "instance_steps": 12, "small": True}
+    tiny["cluster_pixels"] = 1_000  # the scenes hold 1,536 pixels: the small preset's 20,000 only costs rendering
     monkeypatch.setitem(lift.PROFILES, "quick", tiny)
     out = tmp_path / "lift"
     benchmark = LiftBenchmark(

@@ -13,7 +13,9 @@ from .conftest import train_in_process
 
 OBJECTS = 6
 LAYOUT_VIEWS = 24
-STEPS = 800
+# The losses start earlier than the small preset's 200 / 500: a 6-object room at 48 px needs no longer scene stage
+# (at 550 steps the lift scored 0.93 and 0.91 against 0.69 and 0.71 for its input, forward and walk-through).
+STEPS, SEMANTIC_START, INSTANCE_START = 550, 125, 250
 
 
 @pytest.mark.slow
@@ -26,7 +28,10 @@ def test_a_room_captured_this_way_is_lifted_and_beats_its_2d_input(tmp_path, lay
         ),
         progress=False,
     )  # fmt: skip
-    config = train_in_process(scene, tmp_path / "outputs", max_steps=STEPS)
+    config = train_in_process(
+        scene, tmp_path / "outputs", max_steps=STEPS, semantic_loss_start_step=SEMANTIC_START,
+        instance_loss_start_step=INSTANCE_START,
+    )  # fmt: skip
     metrics = evaluate(eval_setup(config, test_mode="test")[1])
     summary = {key: round(metrics[key], 3) for key in ("pq_scene", "pq_frame", "segmenter_pq_frame", "psnr")}
     assert metrics["pq_scene"] > 0.7, summary

@@ -89,13 +89,13 @@ def test_the_instance_loss_falls_during_a_short_training(tmp_path):
     scene = make_scene(
         MakeSceneConfig(output_dir=tmp_path / "scene", num_objects=6, num_views=16, resolution=48), progress=False
     )
-    start = 150
+    start, steps = 100, 300  # 200 instance steps lowered it from 1.57 to 1.35 (2026-12-07)
     config = train_in_process(
-        scene, tmp_path / "out", max_steps=450, semantic_loss_start_step=50, instance_loss_start_step=start,
+        scene, tmp_path / "out", max_steps=steps, semantic_loss_start_step=50, instance_loss_start_step=start,
         steps_per_save=start - 1,
     )  # fmt: skip
     before = _instance_loss_on_fixed_batches(config, start - 1)
-    after = _instance_loss_on_fixed_batches(config, 449)
+    after = _instance_loss_on_fixed_batches(config, steps - 1)
     assert after < before - 0.1, (before, after)
 
 

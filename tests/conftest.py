@@ -124,4 +124,5 @@ def trained_run(tmp_path_factory) -> TrainedRun:
     scene = make_scene(
         MakeSceneConfig(output_dir=root / "scene", num_objects=8, num_views=40, resolution=64, seed=1), progress=False
     )
-    return TrainedRun(scene=scene, config=train_in_process(scene, root / "outputs", max_steps=1200))
+    # 900 steps: PQ^scene 0.95 with all 8 objects matched (the 2D input: 0.48), consistency 0.98 (2026-12-07)
+    return TrainedRun(scene=scene, config=train_in_process(scene, root / "outputs", max_steps=900))

@@ -1,14 +1,14 @@
 """Contrastive Lift: nerfacto plus a semantic field and an instance embedding field (slow-fast contrastive).
 
-The scene (density, colour, proposal networks) is nerfacto's, trained by the RGB loss, plus nerfstudio's depth
-loss where the frames have depth maps (``depth_loss_mult``; 0 turns it off). The label fields
-read detached sample positions and are rendered with detached weights, so no semantic or instance gradient
-reaches the geometry. They are evaluated at only ``label_samples_per_ray`` samples per ray, placed at the
-quantiles of the ray's weight distribution, each carrying an equal share of the ray's accumulation: the
-proposal sampler spreads a surface's weight over many nearby samples, so a few quantiles render labels within
-about 1 % of the full sum at a fraction of its cost (the heaviest few samples would miss a fifth of it).
-Rendered views read the label fields at the surface point each pixel sees, so that a pixel at an object's edge
-takes one object's labels, not a blend of the object's and its background's.
+The scene (density, colour, proposal networks) is nerfacto's, trained by the RGB loss, plus nerfstudio's depth loss
+where the frames have depth maps (``depth_loss_mult``; 0 turns it off). The label fields read detached sample
+positions and are rendered with detached weights, so no semantic or instance gradient reaches the geometry
+(``semantic_geometry_gradient`` lets the semantic one through). They are evaluated at only
+``label_samples_per_ray`` samples per ray, placed at the quantiles of the ray's weight distribution, each carrying
+an equal share of the ray's accumulation: the proposal sampler spreads a surface's weight over many nearby samples,
+so a few quantiles render labels within about 1 % of the full sum at a fraction of its cost (the heaviest few
+samples would miss a fifth of it). Rendered views read the label fields at the surface point each pixel sees, so
+that a pixel at an object's edge takes one object's labels, not a blend of the object's and its background's.
 
 A training batch holds uniform rays, which train colour, density and semantics, and instance rays drawn from
 2D segment pixels (``data/pixel_sampler.py``), which the instance loss alone uses; the data manager marks the
@@ -82,7 +82,8 @@ class ContrastiveLiftModelConfig(NerfactoModelConfig):
     (rendered views read them at the surface point each pixel sees)."""
     speck_size: float = 0.06
     """In rendered views, a piece of an object of at most this fraction of the view's side in pixels (7 px at
-    128², 30 at 512²) takes the id around it (``clustering/specks.py``); 0 keeps every piece."""
+    128², 30 at 512²) takes the id around it, or the background's where no object borders it
+    (``clustering/specks.py``); 0 keeps every piece."""
     semantic_loss_mult: float = 0.1
     """Weight of the confidence-weighted semantic cross-entropy (the authors' 0.1)."""
     contrastive_temperature: float = 1.0
@@ -93,6 +94,11 @@ class ContrastiveLiftModelConfig(NerfactoModelConfig):
     """Weight of the contrastive (or linear-assignment) loss."""
     concentration_loss_mult: float = 1.0
     """Weight of the concentration loss (slow-fast only)."""
+    semantic_geometry_gradient: float = 0.0
+    """Scale of the semantic loss's gradient into the density (0: detached, as the authors' code). The semantic
+    field has no view direction, so it cannot say "floor" and "chair" at one point: passed on, the 2D labels push
+    an object that the colour baked into the background back in front of it. Training then renders the uniform
+    rays' semantics at every final sample rather than at ``label_samples_per_ray`` quantiles."""
     semantic_loss_start_step: int = 1000
     """Step at which the semantic loss starts (RGB only before)."""
     instance_loss_start_step: int = 3000
@@ -310,12 +316,22 @@ class ContrastiveLiftModel(NerfactoModel):
         if not (self.training and self.config.instance_field_only):  # colour and semantics stay as loaded
             outputs, positions, weights = self._render(ray_bundle[:uniform])
             if self.training and self.step >= self.config.semantic_loss_start_step:
-                outputs[Output.SEMANTIC_LOGITS] = _render_field(self.semantic_field, positions, weights)
+                outputs[Output.SEMANTIC_LOGITS] = self._training_semantics(outputs, positions, weights)
         if self.training and self.step >= self.config.instance_loss_start_step and len(ray_bundle) > uniform:
             with torch.no_grad():  # the instance loss trains the instance field only
                 _, positions, weights = self._render(ray_bundle[uniform:])
             outputs.update(self._instance_outputs(positions, weights))
         return outputs
+
+    def _training_semantics(self, outputs: Dict[str, Any], positions: Tensor, weights: Tensor) -> Tensor:
+        """The uniform rays' semantic logits; with ``semantic_geometry_gradient``, at every final sample, with a
+        scaled gradient into the weights."""
+        scale = self.config.semantic_geometry_gradient
+        if scale == 0 or self.config.instance_field_only:
+            return _render_field(self.semantic_field, positions, weights)
+        samples, full = outputs["ray_samples_list"][-1], outputs["weights_list"][-1]
+        scaled = full.detach() + scale * (full - full.detach())
+        return _render_field(self.semantic_field, samples.frustums.get_positions().detach(), scaled)
 
     def _instance_outputs(self, positions: Tensor, weights: Tensor) -> Dict[str, Tensor]:
         """The instance rays' renders for the loss; with a slow field, even rays are rendered by the fast field
@@ -385,17 +401,19 @@ class ContrastiveLiftModel(NerfactoModel):
         the model has been clustered (linear-assignment needs no clustering), with the hand corrections applied.
         """
         classes = semantic_logits.argmax(-1)
-        images = {Output.SEMANTIC_CLASS: classes[..., None].float(), Output.SEMANTICS: id_colours(classes)}
+        images = {}
         if self.uses_clustering:
             images[Output.EMBEDDING_COLOURS] = embedding_colours(instance_render)
             if not self.clusters.fitted:
-                return images
+                return {**images, **_class_images(classes)}
             # specks go before the hand corrections, so that deleting an object deletes the specks it took in
-            ids = self._without_specks(self.clusters.assign(instance_render, classes, positions))
+            classes, ids = self._without_specks(classes, self.clusters.assign(instance_render, classes, positions))
             ids = self.corrections.apply(ids, instance_render, positions)
         else:
             thing = torch.as_tensor(self.scene_classes.is_thing, device=classes.device)[classes]
-            ids = self._without_specks(torch.where(thing, instance_render.argmax(-1) + 1, torch.zeros_like(classes)))
+            ids = torch.where(thing, instance_render.argmax(-1) + 1, torch.zeros_like(classes))
+            classes, ids = self._without_specks(classes, ids)
+        images.update(_class_images(classes))
         images[Output.INSTANCE_ID] = ids[..., None].float()
         colours = id_colours(ids)
         if self.isolated_id:
@@ -404,10 +422,10 @@ class ContrastiveLiftModel(NerfactoModel):
         images[Output.INSTANCE] = colours
         return images
 
-    def _without_specks(self, ids: Tensor) -> Tensor:
+    def _without_specks(self, classes: Tensor, ids: Tensor) -> Tuple[Tensor, Tensor]:
         if ids.dim() != 2:  # a list of rays, not an image
-            return ids
-        return absorb_specks(ids, speck_limit(*ids.shape, self.config.speck_size))
+            return classes, ids
+        return absorb_specks(classes, ids, speck_limit(*ids.shape, self.config.speck_size))
 
     # ---------------------------------------------------------------- clustering
 
@@ -543,6 +561,10 @@ def surface_points(rays: RayBundle, outputs: Dict[str, Tensor]) -> Tensor:
     """Each ray's rendered surface point (origin + depth · direction); NaN where it sees little surface."""
     points = rays.origins + rays.directions * outputs["depth"]
     return points.masked_fill(outputs["accumulation"] < _SURFACE_ACCUMULATION, math.nan)
+
+
+def _class_images(classes: Tensor) -> Dict[str, Tensor]:
+    return {Output.SEMANTIC_CLASS: classes[..., None].float(), Output.SEMANTICS: id_colours(classes)}
 
 
 def _render_field(field: nn.Module, positions: Tensor, weights: Tensor) -> Tensor:

@@ -197,10 +197,17 @@ def test_specks_take_the_id_around_them_and_small_objects_keep_theirs():
     ids[10, 20] = 8  # a one-pixel speck inside object 2
     ids[26:29, 26:29] = 3  # a small object on the background, 9 px
     ids[3:5, 30] = 1  # a 2 px piece of object 1 that borders no other object
-    cleaned = absorb_specks(ids, max_pixels=speck_limit(32, 32, 0.25))  # 8 px
+    classes = torch.where(ids > 0, 1, 0)  # 1: a thing class, 0: the background's
+    classes[:, 28:] = torch.where(ids[:, 28:] > 0, 1, 5)  # another background class at the right edge
+    cleaned_classes, cleaned = absorb_specks(classes, ids, max_pixels=speck_limit(32, 32, 0.25))  # 8 px
     assert cleaned[10, 20] == 2
     assert set(cleaned[9:12, 13:15].unique().tolist()) <= {1, 2}
     assert (cleaned[26:29, 26:29] == 3).all()  # larger than a speck
-    assert (cleaned[3:5, 30] == 1).all()  # nothing around it to take
-    assert ((cleaned == ids) | (ids >= 7)).all()  # only the specks changed
-    assert torch.equal(absorb_specks(ids, max_pixels=0), ids)
+    # a lone speck is background seen as an object: it takes the background's id and the class around it
+    assert (cleaned[3:5, 30] == 0).all() and (cleaned_classes[3:5, 30] == 5).all()
+    lone = torch.zeros_like(ids, dtype=torch.bool)
+    lone[3:5, 30] = True
+    assert torch.equal(cleaned[(ids < 7) & ~lone], ids[(ids < 7) & ~lone])  # only the specks changed
+    assert torch.equal(cleaned_classes[~lone], classes[~lone])
+    unchanged = absorb_specks(classes, ids, max_pixels=0)
+    assert torch.equal(unchanged[0], classes) and torch.equal(unchanged[1], ids)

@@ -144,6 +144,23 @@ def test_label_losses_send_no_gradient_to_density_or_colour(instance_loss):
         assert all(p.grad is None for p in model.slow_field.parameters())
 
 
+def test_semantic_geometry_gradient_lets_the_semantic_loss_alone_move_the_density():
+    model = build_model(semantic_geometry_gradient=1.0)
+    model.train()
+    outputs = model(random_rays(128, instance_rays=64))
+    batch = training_batch(64, 2, 32)
+    losses = model.get_loss_dict(outputs, batch, model.get_metrics_dict(outputs, batch))
+    density = list(model.field.mlp_base.parameters())  # nerfacto's density grid and MLP
+
+    def moves_density(loss) -> bool:
+        model.zero_grad(set_to_none=True)
+        loss.backward(retain_graph=True)
+        return any(p.grad is not None and p.grad.abs().sum() > 0 for p in density)
+
+    assert moves_density(losses["semantic_loss"])
+    assert not moves_density(losses["instance_loss"] + losses["concentration_loss"])
+
+
 def test_uniform_rays_train_colour_and_semantics_and_instance_rays_the_instance_field(monkeypatch):
     model = build_model()
     model.train()

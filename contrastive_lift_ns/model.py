@@ -327,7 +327,7 @@ class ContrastiveLiftModel(NerfactoModel):
         """The uniform rays' semantic logits; with ``semantic_geometry_gradient``, at every final sample, with a
         scaled gradient into the weights."""
         scale = self.config.semantic_geometry_gradient
-        if scale == 0 or self.config.instance_field_only:
+        if scale == 0:
             return _render_field(self.semantic_field, positions, weights)
         samples, full = outputs["ray_samples_list"][-1], outputs["weights_list"][-1]
         scaled = full.detach() + scale * (full - full.detach())

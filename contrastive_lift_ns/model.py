@@ -99,6 +99,10 @@ class ContrastiveLiftModelConfig(NerfactoModelConfig):
     field has no view direction, so it cannot say "floor" and "chair" at one point: passed on, the 2D labels push
     an object that the colour baked into the background back in front of it. Training then renders the uniform
     rays' semantics at every final sample rather than at ``label_samples_per_ray`` quantiles."""
+    semantic_geometry_fade: float = 0.5
+    """Share of the run over which ``semantic_geometry_gradient`` fades linearly to 0 (0: it keeps its scale to
+    the end). The labels pull objects out of the background early on; after that, colour alone clears the specks
+    of density that the labels' noise left."""
     semantic_loss_start_step: int = 1000
     """Step at which the semantic loss starts (RGB only before)."""
     instance_loss_start_step: int = 3000
@@ -132,6 +136,7 @@ class ContrastiveLiftModelConfig(NerfactoModelConfig):
         require(self, "max_instances", self.max_instances >= 1, "must be at least 1")
         require(self, "label_samples_per_ray", self.label_samples_per_ray >= 1, "must be at least 1")
         require(self, "speck_size", self.speck_size >= 0, "must be at least 0")
+        require(self, "semantic_geometry_fade", 0.0 <= self.semantic_geometry_fade <= 1.0, "must lie in [0, 1]")
         require(self, "slow_field_momentum", 0.0 <= self.slow_field_momentum < 1.0, "must lie in [0, 1)")
         for name in ("contrastive_temperature", "vanilla_temperature"):
             require(self, name, getattr(self, name) > 0, "must be positive")
@@ -199,6 +204,8 @@ class ContrastiveLiftModel(NerfactoModel):
             self.register_load_state_dict_pre_hook(_take_saved_scene_grids)
         self.scene_classes: SceneClasses = self.kwargs["metadata"]["scene_classes"]
         self.step = 0
+        self.last_step: Optional[int] = None
+        """The run's last step, once a trainer has set up the callbacks (it fades the semantic gradient)."""
 
         def label_field(config: LabelFieldConfig, out_dim: int) -> LabelField:
             return config.setup(out_dim=out_dim, volume=volume, implementation=self.config.implementation)
@@ -231,7 +238,7 @@ class ContrastiveLiftModel(NerfactoModel):
         # nerfacto's callbacks anneal the proposal sampling over the first steps; with the instance field alone
         # the loaded proposal networks are already trained, so the sampler keeps its trained state (anneal 1).
         callbacks = [] if self.config.instance_field_only else super().get_training_callbacks(attributes)
-        last_step = getattr(attributes.trainer, "last_step", None)
+        last_step = self.last_step = getattr(attributes.trainer, "last_step", None)
 
         def set_step(step: int) -> None:
             self.step = step
@@ -326,12 +333,21 @@ class ContrastiveLiftModel(NerfactoModel):
     def _training_semantics(self, outputs: Dict[str, Any], positions: Tensor, weights: Tensor) -> Tensor:
         """The uniform rays' semantic logits; with ``semantic_geometry_gradient``, at every final sample, with a
         scaled gradient into the weights."""
-        scale = self.config.semantic_geometry_gradient
+        scale = self.semantic_geometry_scale
         if scale == 0:
             return _render_field(self.semantic_field, positions, weights)
         samples, full = outputs["ray_samples_list"][-1], outputs["weights_list"][-1]
         scaled = full.detach() + scale * (full - full.detach())
         return _render_field(self.semantic_field, samples.frustums.get_positions().detach(), scaled)
+
+    @property
+    def semantic_geometry_scale(self) -> float:
+        """``semantic_geometry_gradient`` at this step, faded over the first ``semantic_geometry_fade`` of the run
+        (kept as it is where the run's length is unknown)."""
+        scale, fade = self.config.semantic_geometry_gradient, self.config.semantic_geometry_fade
+        if fade == 0 or self.last_step is None:
+            return scale
+        return scale * max(0.0, 1.0 - self.step / (fade * (self.last_step + 1)))
 
     def _instance_outputs(self, positions: Tensor, weights: Tensor) -> Dict[str, Tensor]:
         """The instance rays' renders for the loss; with a slow field, even rays are rendered by the fast field

@@ -161,6 +161,26 @@ def test_semantic_geometry_gradient_lets_the_semantic_loss_alone_move_the_densit
     assert not moves_density(losses["instance_loss"] + losses["concentration_loss"])
 
 
+def test_the_semantic_gradient_fades_to_nothing_over_its_share_of_the_run():
+    model = build_model(semantic_geometry_gradient=1.0, semantic_geometry_fade=0.5)
+    model.train()
+    model.last_step = 99  # a 100-step run: the gradient is gone from step 50
+    density = list(model.field.mlp_base.parameters())
+
+    def density_grad(step: int) -> float:
+        model.step = step
+        outputs = model(random_rays(128, instance_rays=64))
+        batch = training_batch(64, 2, 32)
+        loss = model.get_loss_dict(outputs, batch, model.get_metrics_dict(outputs, batch))["semantic_loss"]
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return sum(float(p.grad.abs().sum()) for p in density if p.grad is not None)
+
+    assert density_grad(0) > 0 and model.semantic_geometry_scale == 1.0
+    assert density_grad(25) > 0 and model.semantic_geometry_scale == pytest.approx(0.5)
+    assert density_grad(50) == 0 and density_grad(90) == 0
+
+
 def test_uniform_rays_train_colour_and_semantics_and_instance_rays_the_instance_field(monkeypatch):
     model = build_model()
     model.train()

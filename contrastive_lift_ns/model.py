@@ -238,7 +238,7 @@ class ContrastiveLiftModel(NerfactoModel):
         # nerfacto's callbacks anneal the proposal sampling over the first steps; with the instance field alone
         # the loaded proposal networks are already trained, so the sampler keeps its trained state (anneal 1).
         callbacks = [] if self.config.instance_field_only else super().get_training_callbacks(attributes)
-        last_step = self.last_step = getattr(attributes.trainer, "last_step", None)
+        self.last_step = getattr(attributes.trainer, "last_step", None)
 
         def set_step(step: int) -> None:
             self.step = step
@@ -250,7 +250,7 @@ class ContrastiveLiftModel(NerfactoModel):
                 self.slow_field.update(self.instance_field)
             every = self.config.clustering.recluster_every
             since = step - self.config.instance_loss_start_step
-            if self.uses_clustering and (step == last_step or (every > 0 and since > 0 and since % every == 0)):
+            if self.uses_clustering and (step == self.last_step or (every > 0 and since > 0 and since % every == 0)):
                 attributes.pipeline.recluster()
 
         callbacks.append(TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], set_step))
